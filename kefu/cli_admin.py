@@ -106,6 +106,10 @@ def _set_push(settings, args) -> int:
         raise ConfigError("push_secret is set in the configuration (file or KEFU_PUSH_SECRET); change it there")
     value = args.value or secrets.token_urlsafe(32)
     write_secret(Path(settings.data_dir) / "push_secret", value)
+    if settings.redis_url:      # nodes sharing this Redis take it at their next start (kefu.bootstrap)
+        async def work(store):
+            await store.redis.set(store.keys.shared_secret("push_secret"), value)
+        run_with_store(settings, work)
     print(value)
     print("restart kefu run for the API to use it", file=sys.stderr)
     return 0
@@ -139,4 +143,5 @@ def add_parsers(subparsers) -> None:
     show.set_defaults(func=_show_push)
     set_push = secret_sub.add_parser("set-push", help="set (or regenerate) the push API secret")
     set_push.add_argument("value", nargs="?", help="the new secret (default: a random one)")
+    set_push.add_argument("--redis-url", help="also share it with every node of this Redis")
     set_push.set_defaults(func=_set_push)

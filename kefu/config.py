@@ -73,10 +73,15 @@ class Settings:
     trust_proxy: bool = False         # take the client IP from the last X-Forwarded-For hop
     im_accept_mid: bool = True        # /open/im honours a `mid` parameter without the visitor's cookie
     frontend_dir: str = ""            # pages served at /; empty = the bundled frontend/
+    uploads_dir: str = ""             # uploaded images; empty = <data_dir>/uploads (several nodes: a shared mount)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def upload_path(self) -> Path:
+        return Path(self.uploads_dir) if self.uploads_dir else self.data_path / "uploads"
 
     @property
     def comet_workers(self) -> int:

@@ -3,7 +3,9 @@
 Nothing else in kefu formats a key.  Keys that must share a Redis Cluster
 slot carry the same hash tag: everything of a room is tagged `{r:<room>}`
 so a message store (messages, idempotency record, room channel) is one
-slot; everything of a shop is tagged `{s:<shop>}`.  See docs/redis.md for
+slot; everything of a shop is tagged `{s:<shop>}`.  Room channels are
+`ch:{r:<room>}`: `is_room_channel` tells them apart (sharded pub/sub on a
+cluster, see kefu.cluster_bus).  See docs/redis.md for
 each key's type, writer, reader and lifetime.
 """
 from __future__ import annotations
@@ -51,6 +53,10 @@ class Keys:
         """pub/sub (sharded on a cluster): whole TLV frames for the room's members."""
         return f"{self.p}ch:{{r:{room}}}"
 
+    def is_room_channel(self, channel: bytes) -> bool:
+        """True for a room_channel() name (as bytes): SSUBSCRIBE/SPUBLISH on a cluster."""
+        return channel.startswith(self.p.encode() + b"ch:{r:")
+
     # -- shops ----------------------------------------------------------
     def shops(self) -> str:
         """set: every shop id (seed: sadd shoplist)."""
@@ -84,6 +90,11 @@ class Keys:
     def block(self, shop: str, who: str) -> str:
         """string with TTL: visitor mid or IP blocked by the shop's agent."""
         return f"{self.p}block:{{s:{shop}}}:{who}"
+
+    def shared_secret(self, name: str) -> str:
+        """string: a generated secret ("secret", "push_secret") shared by every node
+        of one Redis when none is configured (see kefu.bootstrap.share_secrets)."""
+        return f"{self.p}secret:{name}"
 
     def servers(self) -> str:
         """hash: server id -> JSON figures (connections, rooms, deliveries); for /metrics and goim online."""

@@ -107,7 +107,7 @@ class Supervisor:
         try:
             self._start_redis()
             from .bootstrap import prepare   # secrets, demo shop: before any fork
-            banner = prepare(self.settings)
+            banner = prepare(self.settings, shared=self.redis is None)   # external Redis: maybe other nodes
             self._install_signals()
             self.children = [Child("comet", i) for i in range(self.settings.comet_workers)]
             self.children.append(Child("api", 0))

@@ -36,6 +36,13 @@ def roundtrips(monkeypatch):
         counter["n"] += 1
         return await original(self, command, check_health)
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    from kefu.store.fastpipe import RespPipe
+    original_flush = RespPipe._flush
+
+    def flush_counting(self):
+        counter["n"] += 1
+        return original_flush(self)
+    monkeypatch.setattr(RespPipe, "_flush", flush_counting)
 
     class Measure:
         def __enter__(self):

@@ -108,7 +108,7 @@ async def notify_room(store, room: str, frame: bytes) -> None:
     op-9 goim push, which the comet filters by the members' `accepts`.
     """
     try:
-        await store.redis.publish(store.keys.room_channel(room), frame)
+        await store.publish_room(room, frame)
     except OUTAGES as exc:
         raise unavailable(exc) from exc
 

@@ -152,7 +152,7 @@ def make_app(settings: Settings, store, *, signer=None, push_secret: bytes | Non
               metrics=metrics or Metrics(),
               secure_cookies=settings.api_url.startswith("https:"),
               page_csp=page_csp(settings, framable=False), chat_csp=page_csp(settings, framable=True),
-              upload_dir=settings.data_path / "uploads",
+              upload_dir=settings.upload_path,
               frontend_dir=Path(settings.frontend_dir) if settings.frontend_dir else default_frontend())
     app = web.Application(middlewares=[edge], client_max_size=settings.body_max_bytes)
     app[CTX] = ctx

@@ -114,7 +114,14 @@ async def params(request: web.Request) -> dict[str, str]:
                     raise BadRequest("JSON body must be an object")
                 out.update({str(k): _scalar(str(k), v) for k, v in data.items()})
         elif ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.post()
+            try:
+                form = await request.post()
+            except web.HTTPException:
+                raise                                   # 413 from client_max_size
+            except (ValueError, LookupError, AssertionError):
+                # bad UTF-8 (UnicodeDecodeError), an unknown charset (LookupError), a
+                # multipart body without or with a broken boundary (ValueError/AssertionError)
+                raise BadRequest("invalid form body") from None
             for k in form.keys():
                 v = form.get(k)
                 if isinstance(v, str):

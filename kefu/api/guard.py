@@ -16,6 +16,8 @@ from redis.exceptions import NoScriptError
 from .. import names
 from ..errors import AuthError, RateLimited, StoreUnavailable
 from ..store.base import OUTAGES, load_scripts, queue, unavailable
+from ..store.fastpipe import run_commands
+from ..store.scripts import ALL as ALL_SCRIPTS
 from ..store.scripts import BUCKET
 from .common import (COOKIE_KEY, COOKIE_SESSION, Forbidden, LoginRequired, client_ip,
                      ctx_of, ip_bucket, same_origin)
@@ -143,6 +145,19 @@ async def admit(request: web.Request, adm: Admission) -> None:
 
 async def _pipeline(store, buckets: list[Bucket], shop: str | None, whos: list[str]) -> tuple[list[float], bool]:
     k = store.keys
+    fast = getattr(store, "fast", None)
+    if fast is not None:            # one auto-pipelined round trip shared with concurrent requests
+        cmds: list = [(BUCKET, [k.ratelimit(f"{b.name}:{b.who}")], [b.rate, b.burst, 1]) for b in buckets]
+        if whos:
+            cmds.append((b"EXISTS", *(k.block(shop, w) for w in whos)))
+        try:
+            out = await run_commands(fast, cmds, ALL_SCRIPTS)
+        except OUTAGES as exc:
+            raise unavailable(exc) from exc
+        for r in out:
+            if isinstance(r, Exception):
+                raise r
+        return [float(r) for r in out[:len(buckets)]], bool(whos) and out[-1] > 0
     for attempt in (1, 2):
         pipe = store.redis.pipeline(transaction=False)
         for b in buckets:
@@ -157,6 +172,8 @@ async def _pipeline(store, buckets: list[Bucket], shop: str | None, whos: list[s
         except OUTAGES as exc:
             raise unavailable(exc) from exc
         for r in out:
+            if isinstance(r, OUTAGES):      # a cluster pipeline returns a shard's outage here
+                raise unavailable(r)
             if isinstance(r, Exception):
                 raise r
         waits = [float(r) for r in out[:len(buckets)]]

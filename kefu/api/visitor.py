@@ -88,8 +88,12 @@ def _identity(request: web.Request, p: dict) -> tuple[str, bool]:
     asked = p.get("mid", "")
     if asked:
         mid = names.mid(asked)        # never an agent identity: those contain ":"
-        if mid == cookie or ctx.settings.im_accept_mid:
+        if mid == cookie:
             return mid, False
+        if ctx.settings.im_accept_mid:
+            # counted like a new visitor: otherwise inventing mids would bypass
+            # rate_visitors_per_ip (a returning browser has the mid in its cookie)
+            return mid, True
     if cookie:
         return cookie, False
     return new_mid(), True

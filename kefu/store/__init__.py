@@ -16,11 +16,14 @@ docs/redis.md.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ..config import Settings
 from ..ids import Snowflake, worker_for
 from ..keys import Keys
 from .base import OUTAGES, Batcher, client_for, close_client, load_scripts, unavailable
+from .fastpipe import AVAILABLE as FAST_AVAILABLE
+from .fastpipe import RespPipe
 from .limits import LimitsMixin
 from .messages import History, MessagesMixin, Posted
 from .presence import OnlineMarks, PresenceMixin
@@ -36,11 +39,15 @@ class Store(MessagesMixin, PresenceMixin, ShopsMixin, LimitsMixin):
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)   # Redis Cluster: one slot per script
         self.ids = ids
         # the batcher has its own connection without a per-reply read timeout
         # (it bounds each whole batch instead: cheaper per message)
         self._batch_client = client_for(settings.redis_url, socket_timeout=None, max_connections=1)
-        self._batcher = Batcher(self._batch_client)
+        # hot paths (posts, the API's admission checks) skip redis-py: one raw auto-pipelined
+        # connection, hiredis parsing (kefu.store.fastpipe); a cluster keeps redis-py's client
+        self.fast = RespPipe(settings.redis_url) if FAST_AVAILABLE and not self.cluster else None
+        self._batcher = Batcher(self._batch_client, pipe=self.fast)
         self._pubsub_client: aioredis.Redis | None = None
         # a visitor's profile lives as long as their conversations may
         self._profile_ttl = max(60, int(settings.retention_days * 86_400))
@@ -63,7 +70,10 @@ class Store(MessagesMixin, PresenceMixin, ShopsMixin, LimitsMixin):
         return cls(settings, redis, Snowflake(worker_for(settings.node_id, worker)))
 
     def pubsub(self) -> aioredis.client.PubSub:
-        """A PubSub on a dedicated client without a read timeout (it idles by design)."""
+        """A PubSub on a dedicated client without a read timeout (it idles by design).
+
+        On a cluster: redis-py's ClusterPubSub (ssubscribe for room channels).
+        """
         if self._pubsub_client is None:
             self._pubsub_client = client_for(self.settings.redis_url, socket_timeout=None,
                                              max_connections=4)
@@ -80,6 +90,8 @@ class Store(MessagesMixin, PresenceMixin, ShopsMixin, LimitsMixin):
 
     async def close(self) -> None:
         await self._batcher.close()
+        if self.fast is not None:
+            await self.fast.close()
         await close_client(self._batch_client)
         if self._pubsub_client is not None:
             await close_client(self._pubsub_client)

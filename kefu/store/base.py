@@ -4,17 +4,27 @@ Every Redis failure that means "Redis is not there" (connection refused,
 reset, timeout) leaves the store as errors.StoreUnavailable, so callers
 handle one exception; a script or command bug stays a ResponseError (a
 programming error, not an outage).
+
+`redis+cluster://host:port,...` gives redis-py's asyncio RedisCluster
+(`GatedCluster`: callers wait for a connection instead of failing); the
+store then keeps every script within one slot (see Store.cluster and
+docs/redis.md, "Redis Cluster").
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from typing import Any, Sequence
 
+from urllib.parse import unquote
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -24,7 +34,10 @@ from .scripts import ALL, Script
 
 log = logging.getLogger("kefu.store")
 
-OUTAGES = (RedisConnectionError, RedisTimeoutError, OSError)
+# ClusterError (ClusterDownError, MasterDownError, "TTL exhausted" after too
+# many redirections) and TryAgainError: a cluster mid-failover or resharding,
+# unable to serve the slot for now (retry later, like an outage)
+OUTAGES = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, TryAgainError)
 Command = tuple[Script, Sequence[str], Sequence[Any]]
 BATCH_TIMEOUT = 15.0        # seconds for one whole batch pipeline, retries included
 
@@ -44,17 +57,50 @@ def guarded(fn):
     return wrapper
 
 
-def client_for(url: str, *, socket_timeout: float | None = 10.0, max_connections: int = 64
-               ) -> aioredis.Redis:
-    """A redis.asyncio client for redis://, rediss:// or unix:// URLs.
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEME)
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict]:
+    """(host, port) seed nodes and credentials of a redis+cluster:// URL.
+
+    redis+cluster://[user:password@]host:port[,host:port...][/]
+    """
+    rest = url[len(CLUSTER_SCHEME):]
+    creds, at, hosts = rest.rpartition("@")
+    opts: dict = {}
+    if at:
+        user, colon, password = creds.partition(":")
+        if not colon:                       # redis+cluster://password@...
+            user, password = "", user
+        opts = {"username": unquote(user) or None, "password": unquote(password) or None}
+    nodes = []
+    for part in hosts.split("/", 1)[0].split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"redis+cluster:// needs host:port seed nodes, got {part!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes, opts
+
+
+def client_for(url: str, *, socket_timeout: float | None = 10.0, max_connections: int = 64):
+    """A redis.asyncio client for redis://, rediss:// or unix:// URLs, or a
+    redis.asyncio.cluster.RedisCluster for redis+cluster:// seed nodes.
 
     A blocking pool makes bursts wait for a free connection instead of
     failing; retries are few and short so an outage surfaces quickly.
     """
     if not url:
         raise ConfigError("no redis_url: start the embedded Redis first or pass --redis-url")
-    if url.startswith("redis+cluster://"):
-        raise ConfigError("redis+cluster:// is not supported by the store yet; use redis:// or unix://")
+    if is_cluster_url(url):
+        nodes, opts = cluster_nodes(url)
+        return GatedCluster(max_connections,
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes], decode_responses=False,
+            socket_timeout=socket_timeout, socket_connect_timeout=5, max_connections=max_connections,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3), reinitialize_steps=1, **opts)
     tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, decode_responses=False,
@@ -63,14 +109,70 @@ def client_for(url: str, *, socket_timeout: float | None = 10.0, max_connections
     return aioredis.Redis(connection_pool=pool)
 
 
-async def close_client(client: aioredis.Redis) -> None:
+_inside_gate: contextvars.ContextVar[bool] = contextvars.ContextVar("kefu_cluster_gate", default=False)
+
+
+class GatedCluster(RedisCluster):
+    """redis-py's RedisCluster whose callers wait for a free connection.
+
+    Its per-node pools fail with MaxConnectionsError when exhausted, where
+    the single-Redis client's BlockingConnectionPool makes a burst wait; a
+    semaphore of the same size in front of every command and pipeline gives
+    the cluster that behaviour (each call holds at most one connection per
+    node).  Nested calls (redis-py calling itself) pass the gate.
+    """
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self._gate = asyncio.Semaphore(limit)
+
+    async def execute_command(self, *args, **kwargs):
+        if _inside_gate.get():
+            return await super().execute_command(*args, **kwargs)
+        async with self._gate:
+            token = _inside_gate.set(True)
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                _inside_gate.reset(token)
+
+    def pipeline(self, transaction=None, shard_hint=None):
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+        gate = self._gate
+
+        async def gated(*args, **kwargs):
+            if _inside_gate.get():
+                return await execute(*args, **kwargs)
+            async with gate:
+                token = _inside_gate.set(True)
+                try:
+                    return await execute(*args, **kwargs)
+                finally:
+                    _inside_gate.reset(token)
+        pipe.execute = gated
+        return pipe
+
+
+async def close_client(client) -> None:
     """Close a client built by client_for, its pool's sockets included."""
     await client.aclose()
-    await client.connection_pool.disconnect()
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        await pool.disconnect()
 
 
-async def load_scripts(redis: aioredis.Redis) -> None:
-    """SCRIPT LOAD every script (after connect, and after a NOSCRIPT)."""
+async def load_scripts(redis) -> None:
+    """SCRIPT LOAD every script (after connect, and after a NOSCRIPT).
+
+    On a cluster every master gets them (redis-py sends SCRIPT LOAD to all
+    primaries); a replica promoted later answers NOSCRIPT once, which
+    loads them again.
+    """
+    if isinstance(redis, RedisCluster):
+        for script in ALL:
+            await redis.script_load(script.source)
+        return
     pipe = redis.pipeline(transaction=False)
     for script in ALL:
         pipe.script_load(script.source)
@@ -78,8 +180,12 @@ async def load_scripts(redis: aioredis.Redis) -> None:
 
 
 def queue(pipe, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-    """Add one EVALSHA to a pipeline (no SCRIPT EXISTS round trip, unlike redis-py's Script)."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    """Add one EVALSHA to a pipeline (no SCRIPT EXISTS round trip, unlike redis-py's Script).
+
+    Through execute_command: redis-py's cluster pipeline blocks its evalsha
+    method, yet routes a raw EVALSHA by its keys' slot.
+    """
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 async def run_pipeline(redis: aioredis.Redis, commands: Sequence[Command],
@@ -102,6 +208,9 @@ async def run_pipeline(redis: aioredis.Redis, commands: Sequence[Command],
         if not todo:
             break
         await load_scripts(redis)
+    for res in results:             # a cluster pipeline reports a shard it could not reach here
+        if isinstance(res, OUTAGES):
+            raise res
     return results
 
 
@@ -125,8 +234,9 @@ class Batcher:
     that batch with StoreUnavailable.
     """
 
-    def __init__(self, redis: aioredis.Redis, max_batch: int = 512):
+    def __init__(self, redis: aioredis.Redis, max_batch: int = 512, pipe=None):
         self._redis = redis
+        self._pipe = pipe           # a fastpipe.RespPipe (single Redis): redis-py's pipeline otherwise
         self._max = max_batch
         self._queue: list[tuple[Sequence[Command], asyncio.Future]] = []
         self._task: asyncio.Task | None = None
@@ -152,7 +262,11 @@ class Batcher:
         self.batches += 1
         try:
             async with asyncio.timeout(BATCH_TIMEOUT):
-                results = await run_pipeline(self._redis, flat)
+                if self._pipe is not None:
+                    from .fastpipe import run_commands
+                    results = await run_commands(self._pipe, flat, ALL)
+                else:
+                    results = await run_pipeline(self._redis, flat)
         except (*OUTAGES, TimeoutError) as exc:
             for _, fut in batch:
                 if not fut.done():

@@ -25,7 +25,7 @@ from ..errors import BadRequest, StoreUnavailable
 from ..ids import MAX_ID
 from ..protocol import HEADER_SIZE, Op
 from .base import guarded, run_script
-from .scripts import ACK, POST, TOUCH, UNREAD
+from .scripts import ACK, EXPIRE, POST, TOUCH, TOUCH_SHOP, UNREAD
 
 MAX_PAGE = 1000
 _ID_ATTEMPTS = 16
@@ -77,11 +77,17 @@ class MessagesMixin:
         cmds = []
         visitor = names.visitor_of(room)
         if room_shop and visitor:
-            cmds.append((TOUCH, [k.visitors(room_shop), k.notices(room_shop), k.shops(), k.user(visitor)],
-                         [visitor, int(time.time() * 1000), room_shop, self._profile_ttl]))
+            now_ms = int(time.time() * 1000)
+            if self.cluster:    # one slot per script; the shop set is kept by entries and creation
+                cmds.append((TOUCH_SHOP, [k.visitors(room_shop), k.notices(room_shop)], [visitor, now_ms]))
+                cmds.append((EXPIRE, [k.user(visitor)], [self._profile_ttl]))
+            else:
+                cmds.append((TOUCH, [k.visitors(room_shop), k.notices(room_shop), k.shops(), k.user(visitor)],
+                             [visitor, now_ms, room_shop, self._profile_ttl]))
         cmds.append((POST, room_keys, [msg_id, frame, HEADER_SIZE, s.room_max_messages,
                                        s.idempotency_ttl, k.room_channel(room),
-                                       k.shop_channel(room_shop) if room_shop else ""]))
+                                       k.shop_channel(room_shop) if room_shop else "",
+                                       "1" if self.cluster else "0"]))
         if ack_as is not None:
             cmds.append((ACK, [k.offsets(ack_as)], [room, msg_id]))
         return cmds, len(cmds) - (2 if ack_as is not None else 1)
@@ -110,11 +116,19 @@ class MessagesMixin:
                     raise res
             code, *rest = results[at]
             if code in (b"ok", b"same"):
+                if self.cluster and at and results[0] == 1:     # a new conversation of the shop
+                    await self._add_shop(room_shop)
                 return Posted(msg_id, body, False)
             if code == b"dup":
                 return Posted(int(rest[0]), rest[1], True)
             self.ids.observe(_score(rest[0]))       # b"low": another process is ahead
         raise StoreUnavailable("could not allocate an increasing message id")
+
+    @guarded
+    async def _add_shop(self, shop: str) -> None:
+        """Cluster: the shop set is one key on one shard, so posts do not SADD it
+        each time (the single-Redis TOUCH script does); only a new visitor does."""
+        await self.redis.sadd(self.keys.shops(), shop)
 
     # -- history ---------------------------------------------------------
     @guarded
@@ -131,7 +145,12 @@ class MessagesMixin:
         """
         limit = max(1, min(int(limit or self.settings.sync_limit), MAX_PAGE))
         key = self.keys.room(names.room_id(room))
-        pipe = self.redis.pipeline(transaction=True)
+        # MULTI on one Redis.  Not on a cluster: redis-py 8's asyncio cluster
+        # transactions run each queued command through asyncio.run() in a thread,
+        # whose connections outlive that loop; the three reads go to the room's
+        # node in one write instead (a concurrent trim can at worst add a
+        # spurious gap notice to a page that still holds the trimmed messages).
+        pipe = self.redis.pipeline(transaction=not self.cluster)
         if after is not None:
             _check_id(after, "after")
             pipe.zrangebyscore(key, f"({after}", "+inf", start=0, num=limit + 1)
@@ -179,7 +198,11 @@ class MessagesMixin:
 
     @guarded
     async def unread(self, mid: str, room: str) -> int:
-        """Messages in room above mid's read offset (ZCOUNT (offset +inf); one round trip."""
+        """Messages in room above mid's read offset (ZCOUNT (offset +inf); one round trip
+        (two on a cluster: the offset and the room live in different slots)."""
+        if self.cluster:
+            off = await self.redis.hget(self.keys.offsets(mid), room)
+            return int(await self.redis.zcount(self.keys.room(room), f"({int(off or 0)}", "+inf"))
         _off, count = await run_script(self.redis, UNREAD, [self.keys.offsets(mid), self.keys.room(room)], [room])
         return int(count)
 
@@ -193,5 +216,15 @@ class MessagesMixin:
     @guarded
     async def push_room(self, room: str, operation: int, body: bytes) -> int:
         """goim push to a room: an op-9 batch on the room's channel (not stored)."""
-        return await self.redis.publish(self.keys.room_channel(room),
-                                        tlv.batch([tlv.encode(operation, 0, body)]))
+        return await self.publish_room(room, tlv.batch([tlv.encode(operation, 0, body)]))
+
+    @guarded
+    async def publish_room(self, room: str, frame: bytes) -> int:
+        """Publish a frame to the room's live members, not stored (read notices, goim room pushes).
+
+        PUBLISH on one Redis; SPUBLISH (sharded: only the room's shard) on a cluster.
+        """
+        channel = self.keys.room_channel(room)
+        if self.cluster:
+            return await self.redis.spublish(channel, frame)
+        return await self.redis.publish(channel, frame)

@@ -14,10 +14,11 @@ import orjson
 
 from .. import names
 from ..errors import BadRequest
+from ..ids import EPOCH_MS, SEQ_BITS, WORKER_BITS
 from ..tokens import check_password, hash_password
 from .base import guarded, queue, run_pipeline
 from .presence import _live_count
-from .scripts import SWEEP, UNREAD
+from .scripts import SWEEP, SWEEP_ROOM, SWEEP_SHOP, UNREAD
 
 LATEST = "@latest"               # user-hash field holding the newest device's profile
 
@@ -48,7 +49,7 @@ class ShopsMixin:
             raise BadRequest("invalid device")
         blob = orjson.dumps(profile)
         key = self.keys.user(mid)
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=not self.cluster)     # keys of several slots on a cluster
         pipe.hset(key, mapping={device: blob, LATEST: blob})
         pipe.expire(key, self._profile_ttl)
         if shop is not None:
@@ -72,7 +73,7 @@ class ShopsMixin:
         pw_hash = await asyncio.to_thread(hash_password, password)
         key = self.keys.shop(shop)
         now = int(time.time())
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=not self.cluster)
         pipe.hset(key, mapping={"name": name, "face": face, "pw": pw_hash, "updated": now})
         pipe.hsetnx(key, "created", now)
         pipe.sadd(self.keys.shops(), shop)
@@ -107,7 +108,9 @@ class ShopsMixin:
         1: the page of visitor mids (visitor list, or the notices changed
         since `changed_since_ms`); 2: one pipeline with, per visitor, the
         profile, the online mark, the reader's offset with the unread count
-        (a script) and the last message.
+        (a script) and the last message.  On a cluster the offset and the
+        room are in different slots: THREE round trips (the offsets come
+        back in the second, the unread counts are a third pipeline).
         """
         k = self.keys
         reader = reader or agent_mid(shop)
@@ -125,9 +128,14 @@ class ShopsMixin:
             room = names.room_for(shop, mid)
             pipe.hget(k.user(mid), LATEST)
             pipe.hgetall(k.online(mid))
-            queue(pipe, UNREAD, [k.offsets(reader), k.room(room)], [room])
+            if self.cluster:
+                pipe.hget(k.offsets(reader), room)
+            else:
+                queue(pipe, UNREAD, [k.offsets(reader), k.room(room)], [room])
             pipe.zrange(k.room(room), -1, -1)
         out = await pipe.execute()
+        if self.cluster:
+            await self._unread_counts(shop, mids, out)
         now_ms = int(time.time() * 1000)
         result = []
         for i, mid in enumerate(mids):
@@ -140,6 +148,15 @@ class ShopsMixin:
                 "room_id": names.room_for(shop, mid), "mid": mid,
             })
         return result
+
+    async def _unread_counts(self, shop: str, mids: list[str], out: list) -> None:
+        """Cluster: turn each row's offset (out[4i+2]) into the (offset, unread) pair."""
+        pipe = self.redis.pipeline(transaction=False)
+        offsets = [int(out[4 * i + 2] or 0) for i in range(len(mids))]
+        for mid, off in zip(mids, offsets):
+            pipe.zcount(self.keys.room(names.room_for(shop, mid)), f"({off}", "+inf")
+        for i, (off, num) in enumerate(zip(offsets, await pipe.execute())):
+            out[4 * i + 2] = (off, num)
 
     # -- retention -------------------------------------------------------
     @guarded
@@ -165,14 +182,42 @@ class ShopsMixin:
         idle = idle[:max_rooms]
         if not idle:
             return 0
+        if self.cluster:
+            return await self._sweep_by_slot(idle, cutoff, max(keep_ms, 1000))
         cmds = []
         for shop, mid in idle:
             room = names.room_for(shop, mid)
             cmds.append((SWEEP, [k.visitors(shop), k.notices(shop), k.room(room), k.trimmed(room),
                                  k.offsets(mid), k.offsets(agent_mid(shop))],
                          [mid, cutoff, room, max(keep_ms, 1000)]))
-        results = await run_pipeline(self.redis, cmds)
-        for res in results:
-            if isinstance(res, Exception):
-                raise res
-        return sum(int(r) for r in results)
+        return _count(await run_pipeline(self.redis, cmds))
+
+    async def _sweep_by_slot(self, idle: list[tuple[str, str]], cutoff: int, keep_ms: int) -> int:
+        """Cluster sweep: shop side first, then the room side of what it removed (see SWEEP_SHOP)."""
+        k = self.keys
+        gone = await run_pipeline(self.redis, [(SWEEP_SHOP, [k.visitors(shop), k.notices(shop)], [mid, cutoff])
+                                               for shop, mid in idle])
+        _count(gone)
+        removed = [(shop, mid) for (shop, mid), res in zip(idle, gone) if int(res)]
+        if not removed:
+            return 0
+        rooms = [names.room_for(shop, mid) for shop, mid in removed]
+        kept = await run_pipeline(self.redis, [
+            (SWEEP_ROOM, [k.room(room), k.trimmed(room)], [cutoff, keep_ms, EPOCH_MS, 1 << (WORKER_BITS + SEQ_BITS)])
+            for room in rooms])
+        deleted = _count(kept)
+        pipe = self.redis.pipeline(transaction=False)
+        for (shop, mid), room, res in zip(removed, rooms, kept):
+            if int(res):
+                pipe.hdel(k.offsets(mid), room)
+                pipe.hdel(k.offsets(agent_mid(shop)), room)
+        if len(pipe):
+            await pipe.execute()
+        return deleted
+
+
+def _count(results: list) -> int:
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+    return sum(int(r) for r in results)
