@@ -11,9 +11,10 @@ each reading waits 3 s, so it includes a flush of all N marks: that
 pipeline's transient memory is part of the steady state, as in production.
 
 Baselines, measured the same way in the same run with the same client:
-a bare asyncio TCP echo server (the floor of one asyncio connection) and
-a bare aiohttp WebSocket echo server at /sub (the floor of one aiohttp
-WebSocket), so the table shows what kefu adds above each.
+a bare asyncio TCP echo server (the floor of one asyncio connection:
+both kefu transports are asyncio protocols) and an aiohttp WebSocket
+echo server at /sub (what one connection would cost with aiohttp's
+WebSocket handler instead of kefu.comet.ws_lean).
 
     .venv/bin/python bench/bench_conn_memory.py [--connections 10000]
     .venv/bin/python bench/bench_conn_memory.py --smoke       # 200 connections, seconds
@@ -68,13 +69,18 @@ def health(port: int) -> dict:
         return json.load(r)
 
 
+BASELINES = {"tcp": ("echo-tcp", "baseline: bare asyncio TCP echo"),
+             "ws": ("echo-ws", "baseline: aiohttp WebSocket echo")}
+
+
 async def run(args) -> list[dict]:
     rows = []
+    transports = args.transports.split(",")
     with tempfile.TemporaryDirectory(prefix="kefu-bench-mem-") as tmp:
         procs = Processes(Path(tmp))
         try:
             redis_url = procs.redis()
-            for transport in args.transports.split(","):
+            for transport in transports:
                 proc, ws_port, tcp_port = procs.comet(
                     redis_url, max_connections=args.connections + args.warmup + 100,
                     heartbeat=1800, heartbeat_timeout=3600, handshake_timeout=120,
@@ -82,17 +88,17 @@ async def run(args) -> list[dict]:
                 url = f"tcp://127.0.0.1:{tcp_port}" if transport == "tcp" else f"ws://127.0.0.1:{ws_port}/sub"
                 m = await measure(url, proc.pid, args.connections, args.warmup, kind=transport,
                                   want_op=Op.AUTH_REPLY, figures=lambda: health(ws_port))
-                m.update(server="kefu comet", transport=transport, n=args.connections)
+                m.update(server=f"kefu comet ({transport})", transport=transport, kefu=True)
                 m["stop_s"] = procs.stop(proc)
                 rows.append(m)
-
+            for transport in transports:
+                kind, name = BASELINES[transport]
                 port = free_port()
-                base = procs.python("bench/_baselines.py", f"echo-{transport}", str(port))
+                base = procs.python("bench/_baselines.py", kind, str(port))
                 url = f"tcp://127.0.0.1:{port}" if transport == "tcp" else f"ws://127.0.0.1:{port}/sub"
                 m = await measure(url, base.pid, args.connections, args.warmup, kind=f"b{transport}",
                                   want_op=Op.AUTH)
-                m.update(server="baseline: bare asyncio echo" if transport == "tcp"
-                         else "baseline: bare aiohttp WS echo", transport=transport, n=args.connections)
+                m.update(server=name, transport=transport, kefu=False)
                 procs.stop(base)
                 rows.append(m)
         finally:
@@ -118,17 +124,17 @@ def main() -> int:
     rows = asyncio.run(asyncio.wait_for(run(args), args.timeout))
     print(f"# per-connection memory, {platform.python_implementation()} {platform.python_version()}, "
           f"{platform.machine()}, N = {args.connections:,} idle authenticated connections (+{args.warmup} warm-up)")
-    print(f"{'transport':9} {'server':32} {'RSS before':>12} {'RSS after':>12} {'per conn':>11} {'connect':>9}")
+    print(f"{'server':34} {'RSS before':>12} {'RSS after':>12} {'per conn':>11} {'connect':>9}")
     for r in rows:
-        print(f"{r['transport']:9} {r['server']:32} {fmt_bytes(r['before']):>12} {fmt_bytes(r['after']):>12} "
+        print(f"{r['server']:34} {fmt_bytes(r['before']):>12} {fmt_bytes(r['after']):>12} "
               f"{fmt_bytes(r['per_conn']):>11} {r['connect_s']:>8.1f}s")
+    floor = next((b for b in rows if b["server"] == BASELINES["tcp"][1]), None)
     for r in rows:
-        if r["server"] == "kefu comet":
-            base = next(b for b in rows if b["transport"] == r["transport"] and b is not r)
-            print(f"kefu {r['transport']}: {fmt_bytes(r['per_conn'])} per connection = "
-                  f"{fmt_bytes(r['per_conn'] - base['per_conn'])} above the baseline "
-                  f"({r['per_conn'] / base['per_conn']:.1f}x); worker authenticated {r['authenticated']}; "
-                  f"stopped (op 6 to all) in {r['stop_s']:.1f}s")
+        if r["kefu"]:
+            vs = (f" = bare asyncio connection + {fmt_bytes(r['per_conn'] - floor['per_conn'])}"
+                  if floor else "")
+            print(f"kefu {r['transport']}: {fmt_bytes(r['per_conn'])} per idle authenticated connection{vs}; "
+                  f"worker authenticated {r['authenticated']:,}; stopped (op 6 to all) in {r['stop_s']:.1f}s")
     return 0
 
 

@@ -51,7 +51,7 @@ import orjson  # noqa: E402
 from kefu.protocol import Op  # noqa: E402
 
 HEARTBEAT = 30.0
-PER_SOURCE = 20_000
+PER_SOURCE = 10_000
 PER_PROCESS = 14_000
 PER_WORKER = 15_000
 

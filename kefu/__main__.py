@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command in SERVERS:
+        from . import fastloop
+        fastloop.install()                # uvloop when installed; forked workers inherit it
     try:
         settings = config.load(vars(args), config_file=getattr(args, "config_file", None))
         logging.basicConfig(level=settings.log_level.upper(),

@@ -445,14 +445,25 @@ class Bus:
             self._connected_event.clear()
 
     async def _watch(self, link: _Link) -> None:
-        """Wait for the link to drop; PING it when quiet, abort it when silent."""
+        """Wait for the link to drop; PING it when quiet, abort it when silent.
+
+        Silence is only judged when this check itself ran on time: a worker
+        whose event loop was starved (a burst of connects on a busy machine)
+        has not read its socket either, and dropping the link then would
+        add a resubscription and a catch-up of every room to the overload.
+        """
         while True:
+            slept = time.monotonic()
             try:
                 await asyncio.wait_for(asyncio.shield(link.lost), self.ping_interval)
                 return
             except asyncio.TimeoutError:
                 pass
-            quiet = time.monotonic() - link.bus.last_rx
+            now = time.monotonic()
+            if now - slept > 2 * self.ping_interval:      # the loop was starved: judge next round
+                link.transport.write(command(b"PING"))
+                continue
+            quiet = now - link.bus.last_rx
             if quiet > 3 * self.ping_interval:
                 log.warning("redis pub/sub silent for %.0fs; dropping the connection", quiet)
                 link.transport.abort()

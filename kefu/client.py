@@ -240,15 +240,22 @@ class WsClient(Client):
         self.ws = None
         self._session = None
         self._reader: asyncio.Task | None = None
+        self._sending: set[asyncio.Task] = set()
 
     def send_frame(self, op: int, seq: int, body: bytes = b"") -> None:
         self.send_raw(tlv.encode(op, seq, body))
 
     def send_raw(self, data: bytes) -> None:
-        asyncio.ensure_future(self.ws.send_bytes(data))
+        self._later(self.ws.send_bytes(data))
 
     def send_text(self, text: str) -> None:
-        asyncio.ensure_future(self.ws.send_str(text))
+        self._later(self.ws.send_str(text))
+
+    def _later(self, coro) -> None:
+        """aiohttp's sends are coroutines; they start in call order, so frames keep theirs."""
+        task = asyncio.ensure_future(coro)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _read(self, max_frame: int) -> None:
         from aiohttp import WSMsgType

@@ -371,7 +371,10 @@ class Session:
         room, doc = req
         try:
             msg_id = _msg_id(doc.get("id") if isinstance(doc, dict) else doc)
-            offset = await ctx.store.ack(self.mid, room, msg_id)
+            if self.shop is not None:     # an agent read: the visitor's page shows 已读 live
+                offset = await ctx.store.mark_read(self.mid, room, msg_id)
+            else:
+                offset = await ctx.store.ack(self.mid, room, msg_id)
         except BadRequest:
             ctx.stats["errors_bad_ack_total"] += 1
             return

@@ -123,6 +123,10 @@ class FakeStore:
         self.offsets[key] = max(self.offsets.get(key, 0), msg_id)
         return self.offsets[key]
 
+    async def mark_read(self, mid, room, msg_id):
+        self.calls.append(("read notice", mid, room))
+        return await self.ack(mid, room, msg_id)
+
 
 def make_ctx(**overrides) -> Context:
     settings = Settings(**{"inbound_rate": 50.0, **overrides})
@@ -293,6 +297,17 @@ async def test_agent_requests_other_rooms_of_its_shop_only():
     assert [(op, seq) for op, seq, _ in t.frames()[1:]] == [(15, 2), (17, 4)]
     assert ctx.stats["errors_forbidden_room_total"] == 2
     assert ("agent", "9000_v3") not in ctx.store.offsets
+    assert ("read notice", "agent", "8000_v2") in ctx.store.calls    # the visitor's page shows 已读 live
+
+
+async def test_a_visitor_ack_sends_no_read_notice():
+    ctx = make_ctx()
+    ctx.store.rooms = {"8000_v1": [5]}
+    s, t = await open_session(ctx, mid="v1", room="8000_v1", role="visitor", shop="8000")
+    s.feed(Op.ACK, 2, b"5")
+    await settle(s)
+    assert [(op, seq, body) for op, seq, body in t.frames()[1:]] == [(17, 2, b"5")]
+    assert not [c for c in ctx.store.calls if c[0] == "read notice"]
 
 
 @pytest.mark.parametrize("body,want", [

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from ledger import (
-    Reader, System, Writer, agent_params, agent_session, new_visitor, record, rss_kb, settle,
+    Ledger, Reader, System, Writer, agent_params, agent_session, new_visitor, record, rss_kb, settle,
     unread_problems, wait_until,
 )
 
@@ -120,7 +120,6 @@ async def test_soak_thousands_of_connections_nothing_lost_memory_back_to_baselin
         took = await connect_all(readers)
         peak = rss(comets)
         ledger_writers = []
-        from ledger import Ledger
         ledger = Ledger()
         ledger_writers.append(Writer(http, system.api, [v.params for v in visitors], ledger, rate=25).start())
         agent_senders = [await agent_params(agent_http, system.api, shop, v.params["mid"]) for v in visitors[:20]]

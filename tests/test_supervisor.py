@@ -13,7 +13,7 @@ import pytest
 
 from ledger import Ledger, Reader, System, Writer, agent_params, agent_session, alive, new_visitor, settle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]   # SIGKILL/SIGHUP faults of the reliability suite
 
 # Tests open many visitors from one loopback address: lift the per-IP limits.
 LOOSE = {"KEFU_RATE_VISITORS_PER_IP": "1000", "KEFU_RATE_MESSAGES_PER_SENDER": "1000"}

@@ -12,12 +12,10 @@ from __future__ import annotations
 import ipaddress
 import time
 
-import orjson
 from aiohttp import web
 
-from .. import names, tlv
+from .. import names
 from ..errors import AuthError, BadRequest, NotFound
-from ..protocol import Op
 from ..store.base import OUTAGES, unavailable
 from . import guard
 from .common import COOKIE_KEY, COOKIE_SESSION, cookie_args, ctx_of, int_param, need, ok, params
@@ -94,21 +92,9 @@ async def open_com(request: web.Request) -> web.Response:
 
 
 async def mark_read(ctx, room: str, reader: str, seq: int) -> int:
-    """Move reader's offset forward and tell the room's live members (a `read` notice, not stored)."""
-    offset = await ctx.store.ack(reader, room, seq)
-    notice = orjson.dumps({"type": "read", "room_id": room, "mid": reader, "seq": offset})
-    await notify_room(ctx.store, room, tlv.encode(Op.MESSAGE, 0, notice))
-    return offset
-
-
-async def notify_room(store, room: str, frame: bytes) -> None:
-    """Publish a bare frame to a room's live members (not stored, not a goim push).
-
-    A bare op 5 reaches every member; store.push_room would wrap it in an
-    op-9 goim push, which the comet filters by the members' `accepts`.
-    """
+    """Move reader's offset forward and tell the room's live members (store.mark_read)."""
     try:
-        await store.publish_room(room, frame)
+        return await ctx.store.mark_read(reader, room, seq)
     except OUTAGES as exc:
         raise unavailable(exc) from exc
 

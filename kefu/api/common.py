@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Settings
 from ..errors import AuthError, BadRequest, KefuError
@@ -118,9 +119,9 @@ async def params(request: web.Request) -> dict[str, str]:
                 form = await request.post()
             except web.HTTPException:
                 raise                                   # 413 from client_max_size
-            except (ValueError, LookupError, AssertionError):
+            except (ValueError, LookupError, AssertionError, HttpProcessingError):
                 # bad UTF-8 (UnicodeDecodeError), an unknown charset (LookupError), a
-                # multipart body without or with a broken boundary (ValueError/AssertionError)
+                # multipart body without or with a broken boundary or part headers
                 raise BadRequest("invalid form body") from None
             for k in form.keys():
                 v = form.get(k)

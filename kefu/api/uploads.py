@@ -21,6 +21,7 @@ import secrets
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import AuthError, BadRequest, NotFound
 from . import guard
@@ -129,20 +130,24 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise BadRequest("expected multipart/form-data with a file field")
     key = request.query.get("key")
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if part.name == "key" and not part.filename:
-            key = await _small_field(part)
-            continue
-        if part.name != "file":
-            await part.release()
-            continue
-        sender = _sender(request, key)
-        await guard.admit(request, guard.upload_admission(request, sender))
-        name, size = await _save(part, ctx.upload_dir, limit)
-        ctx.metrics.uploads.inc()
-        ctx.metrics.upload_bytes.inc(by=size)
-        return ok({"url": URL_PREFIX + name, "size": size})
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if part.name == "key" and not part.filename:
+                key = await _small_field(part)
+                continue
+            if part.name != "file":
+                await part.release()
+                continue
+            sender = _sender(request, key)
+            await guard.admit(request, guard.upload_admission(request, sender))
+            name, size = await _save(part, ctx.upload_dir, limit)
+            ctx.metrics.uploads.inc()
+            ctx.metrics.upload_bytes.inc(by=size)
+            return ok({"url": URL_PREFIX + name, "size": size})
+    except (ValueError, LookupError, AssertionError, HttpProcessingError):
+        # no or a broken boundary, part headers that do not parse, bad charset
+        raise BadRequest("invalid multipart body") from None
     raise BadRequest("missing file")
 
 

@@ -1,7 +1,8 @@
 """The comet worker: WebSocket /sub and goim TCP push, per-room routing.
 
-    transports.py  aiohttp /sub handler and the TCP protocol, both feeding
-                   kefu.session.Session (so behaviour cannot drift between them)
+    transports.py  goim TCP protocol (and the aiohttp /sub handler it replaced)
+    ws_lean.py     WebSocket /sub (and /health) on a bare asyncio protocol
+                   both feed kefu.session.Session, so behaviour cannot drift
     worker.py      Worker: sockets (SO_REUSEPORT), store, bus, hub, chores
 
 `run_worker(settings, index)` is the blocking entry point the supervisor

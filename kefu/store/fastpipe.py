@@ -33,7 +33,10 @@ from typing import Any, Sequence
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .scripts import Script
 
 try:
     from hiredis import ReplyError
@@ -49,6 +52,8 @@ except ImportError:             # pragma: no cover
 AVAILABLE = _Reader is not None
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 15.0            # the oldest unanswered command may wait this long, then the link is dropped
+
+
 
 _parse_error = BaseParser.parse_error
 
@@ -285,24 +290,21 @@ async def run_commands(pipe: RespPipe, commands: Sequence, scripts: Sequence = (
     restarted, or SCRIPT FLUSH): `scripts` are loaded again and only those
     commands are sent again, as kefu.store.base.run_pipeline does.
     """
-    def wire(cmd):
-        if len(cmd) == 3 and hasattr(cmd[0], "sha"):
-            script, keys, args = cmd
-            return (b"EVALSHA", script.sha, len(keys), *keys, *args)
-        return cmd
-
-    from redis.exceptions import NoScriptError
-    results: list = [None] * len(commands)
-    todo = list(range(len(commands)))
-    for _attempt in range(2):
-        out = await pipe.execute([wire(commands[i]) for i in todo])
-        for i, res in zip(todo, out):
-            results[i] = res
-        todo = [i for i in todo if isinstance(results[i], NoScriptError)]
-        if not todo or not scripts:
+    wire = [(b"EVALSHA", c[0].sha, len(c[1]), *c[1], *c[2]) if len(c) == 3 and type(c[0]) is Script
+            else c for c in commands]
+    results = await pipe.execute(wire)
+    for res in results:
+        if type(res) is NoScriptError:
             break
+    else:
+        return results
+    todo = [i for i, res in enumerate(results) if type(res) is NoScriptError]
+    if scripts:                          # load the scripts once, resend only what did not run
         loaded = await pipe.execute([(b"SCRIPT", b"LOAD", s.source) for s in scripts])
         for res in loaded:
             if isinstance(res, Exception):
                 raise res
+        out = await pipe.execute([wire[i] for i in todo])
+        for i, res in zip(todo, out):
+            results[i] = res
     return results

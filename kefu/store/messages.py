@@ -191,6 +191,16 @@ class MessagesMixin:
         _check_id(msg_id, "message id")
         return int(await run_script(self.redis, ACK, [self.keys.offsets(mid)], [room, msg_id]))
 
+    async def mark_read(self, reader: str, room: str, msg_id: int) -> int:
+        """ack(), then tell the room's live members with a `read` notice (op 5, not stored).
+
+        The visitor page shows 已读 from it while the agent reads live.
+        """
+        offset = await self.ack(reader, room, msg_id)
+        notice = orjson.dumps({"type": "read", "room_id": room, "mid": reader, "seq": offset})
+        await self.publish_room(room, tlv.encode(Op.MESSAGE, 0, notice))
+        return offset
+
     @guarded
     async def offset(self, mid: str, room: str) -> int:
         raw = await self.redis.hget(self.keys.offsets(mid), room)
