@@ -11,14 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from redis.exceptions import NoScriptError
-
 from .. import names
-from ..errors import AuthError, RateLimited, StoreUnavailable
-from ..store.base import OUTAGES, load_scripts, queue, unavailable
-from ..store.fastpipe import run_commands
-from ..store.scripts import ALL as ALL_SCRIPTS
-from ..store.scripts import BUCKET
+from ..errors import AuthError, RateLimited
 from .common import (COOKIE_KEY, COOKIE_SESSION, Forbidden, LoginRequired, client_ip,
                      ctx_of, ip_bucket, same_origin)
 
@@ -124,16 +118,16 @@ class Admission:
 async def admit(request: web.Request, adm: Admission) -> None:
     """Blocked -> Forbidden; an empty bucket -> RateLimited; else pass.
 
-    Every bucket and the block check go to Redis in ONE pipeline (the
-    store's bucket script and key names, see kefu.store.limits), instead
-    of one round trip each.
+    Every bucket and the block check go to Redis in ONE round trip
+    (store.check), instead of one round trip each.
     """
     ctx = ctx_of(request)
     buckets = [b for b in adm.buckets if b.rate > 0]
     blocks = list(adm.whos) if adm.shop else []
     if not buckets and not blocks:
         return
-    waits, blocked = await _pipeline(ctx.store, buckets, adm.shop, blocks)
+    waits, blocked = await ctx.store.check([(f"{b.name}:{b.who}", b.rate, b.burst) for b in buckets],
+                                           adm.shop, blocks)
     if blocked:
         raise Forbidden("blocked by the shop")
     for b, wait in zip(buckets, waits):
@@ -141,44 +135,6 @@ async def admit(request: web.Request, adm: Admission) -> None:
             family = b.name.split(":", 1)[0]
             ctx.metrics.rate_limited.inc(family)
             raise RateLimited(f"too many requests ({family}), retry later", retry_after=wait)
-
-
-async def _pipeline(store, buckets: list[Bucket], shop: str | None, whos: list[str]) -> tuple[list[float], bool]:
-    k = store.keys
-    fast = getattr(store, "fast", None)
-    if fast is not None:            # one auto-pipelined round trip shared with concurrent requests
-        cmds: list = [(BUCKET, [k.ratelimit(f"{b.name}:{b.who}")], [b.rate, b.burst, 1]) for b in buckets]
-        if whos:
-            cmds.append((b"EXISTS", *(k.block(shop, w) for w in whos)))
-        try:
-            out = await run_commands(fast, cmds, ALL_SCRIPTS)
-        except OUTAGES as exc:
-            raise unavailable(exc) from exc
-        for r in out:
-            if isinstance(r, Exception):
-                raise r
-        return [float(r) for r in out[:len(buckets)]], bool(whos) and out[-1] > 0
-    for attempt in (1, 2):
-        pipe = store.redis.pipeline(transaction=False)
-        for b in buckets:
-            queue(pipe, BUCKET, [k.ratelimit(f"{b.name}:{b.who}")], [b.rate, b.burst, 1])
-        if whos:
-            pipe.exists(*(k.block(shop, w) for w in whos))
-        try:
-            out = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in out):
-                await load_scripts(store.redis)       # Redis restarted: scripts gone, nothing ran
-                continue
-        except OUTAGES as exc:
-            raise unavailable(exc) from exc
-        for r in out:
-            if isinstance(r, OUTAGES):      # a cluster pipeline returns a shard's outage here
-                raise unavailable(r)
-            if isinstance(r, Exception):
-                raise r
-        waits = [float(r) for r in out[:len(buckets)]]
-        return waits, bool(whos) and out[-1] > 0
-    raise StoreUnavailable("rate-limit scripts could not be loaded")
 
 
 def block_ip_id(ip: str) -> str:

@@ -5,7 +5,12 @@ processes on machines with different clocks share one fair bucket.
 """
 from __future__ import annotations
 
-from .base import guarded, run_script
+from redis.exceptions import NoScriptError
+
+from ..errors import StoreUnavailable
+from .base import OUTAGES, guarded, load_scripts, queue, run_script, unavailable
+from .fastpipe import run_commands
+from .scripts import ALL as ALL_SCRIPTS
 from .scripts import BUCKET
 
 
@@ -40,3 +45,47 @@ class LimitsMixin:
         if not whos:
             return False
         return await self.redis.exists(*(self.keys.block(shop, w) for w in whos)) > 0
+
+    async def check(self, buckets: list[tuple[str, float, int]], shop: str | None = None,
+                    whos: list[str] | tuple = ()) -> tuple[list[float], bool]:
+        """Every check of one request in ONE round trip: -> (waits, blocked).
+
+        buckets: (bucket, rate, burst), each taking one token as allow() does;
+        waits[i] is 0.0 when bucket i allowed.  blocked: any of `whos` is
+        blocked by `shop` (as is_blocked()).
+        """
+        k = self.keys
+        whos = list(whos) if shop else []
+        fast = getattr(self, "fast", None)
+        if fast is not None:            # one auto-pipelined round trip shared with concurrent requests
+            cmds: list = [(BUCKET, [k.ratelimit(name)], [rate, burst, 1]) for name, rate, burst in buckets]
+            if whos:
+                cmds.append((b"EXISTS", *(k.block(shop, w) for w in whos)))
+            try:
+                out = await run_commands(fast, cmds, ALL_SCRIPTS)
+            except OUTAGES as exc:
+                raise unavailable(exc) from exc
+            for r in out:
+                if isinstance(r, Exception):
+                    raise r
+            return [float(r) for r in out[:len(buckets)]], bool(whos) and out[-1] > 0
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for name, rate, burst in buckets:
+                queue(pipe, BUCKET, [k.ratelimit(name)], [rate, burst, 1])
+            if whos:
+                pipe.exists(*(k.block(shop, w) for w in whos))
+            try:
+                out = await pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(isinstance(r, NoScriptError) for r in out):
+                    await load_scripts(self.redis)       # Redis restarted: scripts gone, nothing ran
+                    continue
+            except OUTAGES as exc:
+                raise unavailable(exc) from exc
+            for r in out:
+                if isinstance(r, OUTAGES):      # a cluster pipeline returns a shard's outage here
+                    raise unavailable(r)
+                if isinstance(r, Exception):
+                    raise r
+            return [float(r) for r in out[:len(buckets)]], bool(whos) and out[-1] > 0
+        raise StoreUnavailable("rate-limit scripts could not be loaded")
