@@ -184,8 +184,9 @@ class ClusterBus:
     async def start(self, wait: float | None = None) -> None:
         try:
             await asyncio.wait_for(self._refresh(), wait or 10.0)
-        except (asyncio.TimeoutError, OSError, ConnectionError) as exc:
-            raise StoreUnavailable(f"redis cluster not reachable at {self.seeds}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to read the slot map: not reachable
+            raise StoreUnavailable(f"redis cluster not reachable at {self.seeds}: "
+                                   f"{exc or type(exc).__name__}") from None
         await self.glob.start(wait=wait)
         self._task = asyncio.get_running_loop().create_task(self._topology(), name="kefu-bus-slots")
 

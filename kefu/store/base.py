@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterError, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,8 +36,12 @@ log = logging.getLogger("kefu.store")
 
 # ClusterError (ClusterDownError, MasterDownError, "TTL exhausted" after too
 # many redirections) and TryAgainError: a cluster mid-failover or resharding,
-# unable to serve the slot for now (retry later, like an outage)
-OUTAGES = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, TryAgainError)
+# unable to serve the slot for now (retry later, like an outage).
+# RedisClusterException: redis-py's cluster client raises it when no node is
+# reachable ("Redis Cluster cannot be connected"); it also names misuse of
+# the client, which the cluster tests would show, never a silent success.
+OUTAGES = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, TryAgainError,
+           RedisClusterException)
 Command = tuple[Script, Sequence[str], Sequence[Any]]
 BATCH_TIMEOUT = 15.0        # seconds for one whole batch pipeline, retries included
 
