@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 
 from kefu import envelope, tlv
 from kefu.bus import Bus, _PyReader, command
-from kefu.comet.transports import batch_pushes, ws_frame
+from kefu.comet.transports import batch_pushes
+from kefu.comet.ws_lean import ws_frame
 from kefu.errors import FrameError, FrameTooBig, StoreUnavailable
 from kefu.hub import Hub, goim_op, id_floor
 from kefu.ids import Snowflake, timestamp_ms

@@ -1,6 +1,6 @@
 """The comet worker: WebSocket /sub and goim TCP push, per-room routing.
 
-    transports.py  goim TCP protocol (and the aiohttp /sub handler it replaced)
+    transports.py  goim TCP protocol, and the op-9 batching both transports share
     ws_lean.py     WebSocket /sub (and /health) on a bare asyncio protocol
                    both feed kefu.session.Session, so behaviour cannot drift
     worker.py      Worker: sockets (SO_REUSEPORT), store, bus, hub, chores

@@ -1,6 +1,6 @@
 """WebSocket /sub on a bare asyncio protocol: the HTTP upgrade and RFC 6455 framing.
 
-Why not aiohttp here: an aiohttp WebSocket holds a request, a response, a
+Why not aiohttp here (it served /sub first; bench/bench_conn_memory.py measured it): an aiohttp WebSocket holds a request, a response, a
 reader, a writer, a task and their buffers for as long as it lives, about
 14 KiB per idle connection and a coroutine round trip per frame read.  One
 object of this class per connection (with __slots__) does the same job:
@@ -37,6 +37,7 @@ from .. import tlv
 from ..errors import FrameError
 from ..protocol import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, Op
 from ..session import Context, Session
+from .transports import batch_pushes, refuse_message
 
 try:                     # aiohttp's compiled unmasking (in place); pure Python below otherwise
     from aiohttp._websocket.helpers import websocket_mask as _mask
@@ -49,7 +50,6 @@ CLOSE_TIMEOUT = 3.0          # a close we start waits this long for the client's
 _OP_BINARY = 0x82            # FIN + binary
 _LEN2 = struct.Struct("!BBH").pack
 _LEN8 = struct.Struct("!BBQ").pack
-_RAW = int(Op.RAW).to_bytes(4, "big")
 HTTP, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
 
 
@@ -238,7 +238,7 @@ class WsConnection(asyncio.Protocol):
         self.buf = bytearray()
         if ctx.full() or ctx.stopping:
             ctx.stats["refused_total"] += 1
-            reason = b"server shutting down" if ctx.stopping else b"server full"
+            reason = refuse_message(ctx)
             self.state = OPEN
             self.t.write(ws_frame(tlv.encode(Op.DISCONNECT, 0, reason)))
             self.close(CLOSE_TRY_AGAIN, reason.decode())
@@ -390,8 +390,7 @@ class WsConnection(asyncio.Protocol):
             if len(frames) == 1:
                 self._write(ws_frame(frames[0]))
             else:
-                self._write(ws_frame(tlv.encode(Op.RAW, 0, b"".join(
-                    [f[16:] if f[8:12] == _RAW else f for f in frames]))))
+                self._write(ws_frame(batch_pushes(frames)))
 
     def close(self, code: int, reason: str) -> None:
         """Start the close handshake; the TCP connection closes on the client's answer or in 3 s."""
