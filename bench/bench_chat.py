@@ -61,7 +61,7 @@ import orjson  # noqa: E402
 from kefu.protocol import Op  # noqa: E402
 
 HEARTBEAT_EVERY = 25.0
-CONNS_PER_SOURCE = 20_000
+CONNS_PER_SOURCE = 10_000
 CONNS_PER_PROCESS = 15_000
 
 
@@ -401,6 +401,10 @@ class Bench:
                           f"{t_conn:.1f} s ({2 * len(new) / max(t_conn, 1e-9):,.0f}/s)"
                           + (f"; {failures} conversation(s) FAILED to connect and are left out: "
                              f"{[w for r in res for w in r['why']][:2]}" if failures else ""))
+                    self.idle = self.idle_rates(k, a.idle)
+                    print(f"idle (heartbeats only) over {a.idle:g} s: API {self.idle['api'] * 100:.1f} %, comet "
+                          f"{self.idle['comet'] * 100:.1f} %, redis {self.idle['redis'] * 100:.1f} % of a core "
+                          "(subtracted from the per-message CPU below)")
                     self.table_head()
                     for rate in a.rates:
                         row = self.step(k, recv, post, C, rate)
@@ -445,6 +449,15 @@ class Bench:
             proc.terminate()
             proc.wait(10)
 
+    @staticmethod
+    def idle_rates(k: KefuRun, seconds: float) -> dict[str, float]:
+        """CPU seconds per second of each role while only heartbeats flow."""
+        time.sleep(1.0)
+        c0, t0 = k.cpu(), time.monotonic()
+        time.sleep(seconds)
+        c1, dt = k.cpu(), time.monotonic() - t0
+        return {role: (c1[role] - c0[role]) / dt for role in c0}
+
     def step(self, k: KefuRun, recv: Pool, post: Pool, C: int, rate: float) -> dict:
         a = self.args
         recv.call("take")
@@ -478,7 +491,9 @@ class Bench:
         http = lat_array([o["http_lat"] for o in out])
         posted = sum(o["statuses"].get(200, 0) for o in out)
         seconds = max(o["seconds"] for o in out)
-        per = {role: (cpu1[role] - cpu0[role]) / max(posted, 1) * 1e6 for role in cpu0}
+        idle = getattr(self, "idle", {})
+        per = {role: max(0.0, cpu1[role] - cpu0[role] - idle.get(role, 0.0) * wall) / max(posted, 1) * 1e6
+               for role in cpu0}
         return {"C": C, "rate": rate, "achieved": posted / seconds, "posted": posted,
                 "deliv": len(lat) / seconds, "p50": pct(lat, 0.50), "p99": pct(lat, 0.99),
                 "max": lat[-1] if lat else 0, "http_p99": pct(http, 0.99), "loss": missing, "dups": extra,
@@ -541,6 +556,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=1,
                     help="requests in flight per HTTP connection (>1: HTTP/1.1 pipelining)")
     ap.add_argument("--agent-share", type=float, default=0.5, help="fraction of messages the agent posts")
+    ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before each C")
     ap.add_argument("--no-floor", action="store_true", help="skip the HTTP-floor baseline")
     ap.add_argument("--redis-url", default="", help="use this Redis instead of kefu run's embedded one")
     ap.add_argument("--profile", metavar="DIR", help="py-spy each step's API and comet workers into DIR")
@@ -551,7 +567,7 @@ def main(argv=None) -> int:
     a.conns = [int(x) for x in str(a.conns).split(",")]
     a.rates = [float(x) for x in str(a.rates).split(",")]
     if a.smoke:
-        a.conns, a.rates, a.step_seconds, a.settle, a.http_conns = [20], [100, 300], 1.0, 5.0, 4
+        a.conns, a.rates, a.step_seconds, a.settle, a.http_conns, a.idle = [20], [100, 300], 1.0, 5.0, 4, 1.0
     return Bench(a).run()
 
 

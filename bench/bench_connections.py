@@ -224,7 +224,8 @@ def main(argv=None) -> int:
                 row = {"n": n, "alive": alive, "rate": (n - (rows[-1]["n"] if rows else 0)) / secs,
                        "rss": (comet - base_comet) / max(alive, 1), "comet": comet,
                        "redis": (k.rss().get("redis", 0) - base_redis) / max(alive, 1),
-                       "cpu": busy / t_idle * 100, "per_beat": busy / max(beats, 1) * 1e6, "failed": failed,
+                       "cpu": busy / t_idle * 100,
+                       "split": {r: (cpu1[r] - cpu0[r]) / t_idle * 100 for r in cpu0}, "per_beat": busy / max(beats, 1) * 1e6, "failed": failed,
                        "why": [w for r in res for w in r["why"]][:2],
                        "workers": [rss_bytes(p) for p in k.pids("comet")]}
                 rows.append(row)
@@ -233,7 +234,8 @@ def main(argv=None) -> int:
                     note += f"  ({n - failed - alive} dropped since)"
                 print(f"{alive:>8,} {row['rate']:>9,.0f} {fmt_kib(row['rss']):>12} {comet / 2**20:>13,.0f} "
                       f"{fmt_kib(row['redis']):>14} {row['cpu']:>10.1f} {row['per_beat']:>12.1f}  "
-                      f"{' '.join(f'{w / 2**20:.0f}' for w in row['workers'])} MiB{note}")
+                      f"{' '.join(f'{w / 2**20:.0f}' for w in row['workers'])} MiB; idle CPU comet "
+                      f"{row['split']['comet']:.1f} % redis {row['split']['redis']:.1f} % API {row['split']['api']:.1f} %{note}")
                 if failed > n * 0.01 or not k.alive():
                     print("stopping: more than 1 % of the connections failed (see above)")
                     break
