@@ -292,13 +292,19 @@ class KefuRun:
 
 
 def make_shops(redis_url: str, shops: list[str], prefix: str = "kefu:") -> None:
-    """Create many shops at once (one password hash shared: scrypt per shop would take minutes)."""
+    """Create many shops at once, on a single Redis or a cluster (one password hash
+    shared: scrypt per shop would take minutes)."""
     import redis
 
     from kefu.keys import Keys
+    from kefu.store.base import cluster_nodes, is_cluster_url
     from kefu.tokens import hash_password
     keys, pw, now = Keys(prefix), hash_password("bench-password"), int(time.time())
-    r = redis.Redis.from_url(redis_url)
+    if is_cluster_url(redis_url):
+        nodes, _ = cluster_nodes(redis_url)
+        r = redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in nodes])
+    else:
+        r = redis.Redis.from_url(redis_url)
     try:
         for i in range(0, len(shops), 2000):
             pipe = r.pipeline(transaction=False)

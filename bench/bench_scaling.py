@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from _kefu_run import KefuRun, Pool, machine, pct, split  # noqa: E402
+from _kefu_run import KefuRun, Pool, machine, make_shops, pct, split  # noqa: E402
 from bench_chat import Poster, Receivers, fmt_ms, lat_array  # noqa: E402
 
 import redis  # noqa: E402
@@ -110,29 +110,6 @@ def redis_figures(ports: list[int]) -> tuple[collections.Counter, float]:
         finally:
             c.close()
     return calls, cpu
-
-
-def make_shops(url: str, shops: list[str]) -> None:
-    """Many shops at once, on a single Redis or a cluster (one scrypt hash shared)."""
-    from kefu.keys import Keys
-    from kefu.store.base import cluster_nodes, is_cluster_url
-    from kefu.tokens import hash_password
-    keys, pw, now = Keys("kefu:"), hash_password("bench-password"), int(time.time())
-    if is_cluster_url(url):
-        nodes, _ = cluster_nodes(url)
-        r = redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in nodes])
-    else:
-        r = redis.Redis.from_url(url)
-    try:
-        for i in range(0, len(shops), 1000):
-            pipe = r.pipeline(transaction=False)
-            for shop in shops[i:i + 1000]:
-                pipe.hset(keys.shop(shop), mapping={"name": f"shop {shop}", "face": "", "pw": pw,
-                                                     "updated": now, "created": now})
-                pipe.sadd(keys.shops(), shop)
-            pipe.execute()
-    finally:
-        r.close()
 
 
 class NodePoster(Poster):
