@@ -36,6 +36,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comet-port", type=int, help="WebSocket /sub (default 3102)")
     p.add_argument("--tcp-port", type=int, help="goim raw TCP (default 3101)")
     p.add_argument("--workers", type=int, help="comet workers (default: one per CPU)")
+    p.add_argument("--api-workers", type=int, help="API processes sharing the API port (default 1)")
     p.add_argument("--redis-url", help="redis://, unix:// or redis+cluster://; none = embedded")
     p.add_argument("--node-id", type=int, help="distinct per node sharing one Redis (0..15)")
 

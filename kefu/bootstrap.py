@@ -93,7 +93,7 @@ def prepare(settings: Settings, shared: bool = False) -> str:
     creds = (f"shop {settings.demo_shop}, password {password}" if password
              else "log in with a shop created by `kefu shop create`")
     return "\n".join([
-        f"kefu is running: node {settings.node_id}, {settings.comet_workers} comet worker(s), "
+        f"kefu is running: node {settings.node_id}, {settings.comet_workers} comet worker(s), {settings.api_workers} API worker(s), "
         f"codec {tlv.IMPLEMENTATION}, redis {_safe(settings.redis_url)}",
         f"  visitor page : {api}/open/im?shop_id={settings.demo_shop}",
         f"  agent console: {api}/info.html   ({creds})",

@@ -26,6 +26,7 @@ class Settings:
     comet_port: int = 3102            # WebSocket /sub
     tcp_port: int = 3101              # goim raw TCP
     workers: int = 0                  # comet workers; 0 = one per CPU
+    api_workers: int = 1              # API processes sharing api_port (SO_REUSEPORT); 1..8
     redis_url: str = ""               # empty = embedded redis-server under data_dir
     data_dir: str = "./var"
     node_id: int = 0                  # distinct per `kefu run` sharing one Redis (0..15)
@@ -150,6 +151,8 @@ def _validate(s: Settings) -> Settings:
             raise ConfigError(f"{port} must be 0..65535, got {getattr(s, port)}")
     if s.workers < 0:
         raise ConfigError("workers must be >= 0 (0 = one per CPU)")
+    if not 1 <= s.api_workers <= 8:
+        raise ConfigError("api_workers must be 1..8 (each needs its own id-generator index)")
     if not 0 <= s.node_id <= 15:
         raise ConfigError("node_id must be 0..15")
     if not 16 < s.max_frame <= 16 << 20:

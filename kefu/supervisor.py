@@ -58,7 +58,7 @@ class Child:
 
     @property
     def name(self) -> str:
-        return f"{self.role} worker {self.index}" if self.role == "comet" else "api worker"
+        return f"{self.role} worker {self.index}"
 
 
 def _child_main(role: str, index: int, settings: Settings, ready_w: int, parent_pid: int) -> None:
@@ -79,7 +79,10 @@ def _child_main(role: str, index: int, settings: Settings, ready_w: int, parent_
             run_worker(settings, index, ready=ready)
         else:
             from .api import run_worker
-            run_worker(settings, ready=ready)
+            # Each API process has its own id-generator index (7, 6, ...); one sweeps retention.
+            run_worker(settings.replace(api_index=7 - index,
+                                        sweep_interval=settings.sweep_interval if index == 0 else 0),
+                       ready=ready)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - last line of a forked child: log it once, exit non-zero
@@ -110,7 +113,7 @@ class Supervisor:
             banner = prepare(self.settings, shared=self.redis is None)   # external Redis: maybe other nodes
             self._install_signals()
             self.children = [Child("comet", i) for i in range(self.settings.comet_workers)]
-            self.children.append(Child("api", 0))
+            self.children += [Child("api", i) for i in range(self.settings.api_workers)]
             for child in self.children:
                 self._spawn(child)
             if not self._await_ready(self.children, first_start=True):
@@ -262,7 +265,7 @@ class Supervisor:
 
     def _hopeless(self) -> bool:
         comets = [c for c in self.children if c.role == "comet"]
-        api_failed = any(c.failed for c in self.children if c.role == "api")
+        api_failed = all(c.failed for c in self.children if c.role == "api")
         if api_failed or all(c.failed for c in comets):
             log.error("no %s left running; stopping", "API worker" if api_failed else "comet worker")
             return True

@@ -171,3 +171,24 @@ async def test_sigkill_of_the_supervisor_leaves_no_child_and_a_new_run_recovers(
         assert not problems, problems
     finally:
         again.kill_all()
+
+
+async def test_several_api_workers_share_the_port_with_distinct_id_fields(tmp_path):
+    from kefu import ids
+    sys_ = System(tmp_path / "var", workers=1, env=LOOSE, extra=["--api-workers", "2"]).start()
+    try:
+        assert len(sys_.worker_pids()) == 3                    # 1 comet + 2 API
+        shop, _ = sys_.demo_credentials()
+        fields = set()
+        ledger = Ledger()
+        for i in range(40):                                     # a new connection each: the kernel spreads them
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                visitor = await new_visitor(http, sys_.api, shop)
+                msg_id = await Writer(http, sys_.api, [visitor.params], ledger).post(visitor.params, f"m{i}")
+                fields.add((msg_id >> ids.SEQ_BITS) & ids.MAX_WORKER)
+            if len(fields) == 2:
+                break
+        assert fields == {ids.worker_for(0, 7), ids.worker_for(0, 6)}, fields
+        assert "2 API worker(s)" in sys_.log()
+    finally:
+        sys_.kill_all()
