@@ -8,11 +8,10 @@
 import { KefuSocket } from './kefu-client.js';
 import { MessageList, HistoryPager, isChatMessage } from './chatview.js';
 import { Outbox } from './outbox.js';
-import { buildPicker, insertAtCaret } from './emoji.js';
+import { setupComposer } from './composer.js';
 import { t, applyI18n, toggleLang, onLangChange } from './i18n.js';
 import {
   request, pushMessage, uploadImage, safeImage, sameOrigin, connectionView, toaster,
-  autosize, onEnterSend, onPasteImage, onDropImage,
 } from './common.js';
 
 const $ = (id) => document.getElementById(id);
@@ -164,31 +163,6 @@ function startSocket() {
   socket.start();
 }
 
-// -- composer --------------------------------------------------------------------
-
-function setupComposer() {
-  const input = $('input');
-  const panel = $('emoji-panel');
-  const send = () => {
-    if (outbox.sendText(input.value)) {
-      input.value = '';
-      autosize(input);
-      panel.classList.add('hidden');
-    }
-  };
-  onEnterSend(input, send);
-  input.addEventListener('input', () => autosize(input));
-  $('composer').addEventListener('submit', (e) => { e.preventDefault(); send(); input.focus(); });
-  buildPicker(panel, (code) => insertAtCaret(input, code));
-  $('emoji-btn').addEventListener('click', () => panel.classList.toggle('hidden'));
-  $('file-input').addEventListener('change', (e) => {
-    for (const file of e.target.files) outbox.sendImage(file);
-    e.target.value = '';
-  });
-  onPasteImage(input, (file) => outbox.sendImage(file));
-  onDropImage($('app'), (file) => outbox.sendImage(file));
-}
-
 /** The message list, its history pager and the outbox (before the socket exists). */
 function setupList() {
   const scroller = $('scroller');
@@ -242,7 +216,7 @@ async function main() {
   }
   hideKey();
   showHeader();
-  setupComposer();
+  setupComposer(() => outbox, $('app'));
   document.addEventListener('visibilitychange', scheduleAck);
   startSocket();
 }

@@ -11,11 +11,11 @@
 import { KefuSocket } from './kefu-client.js';
 import { MessageList, HistoryPager, isChatMessage, makeEl } from './chatview.js';
 import { Outbox } from './outbox.js';
-import { buildPicker, insertAtCaret, renderText } from './emoji.js';
+import { renderText } from './emoji.js';
+import { setupComposer } from './composer.js';
 import { t, getLang, applyI18n, toggleLang, onLangChange, formatTime } from './i18n.js';
 import {
   request, pushMessage, HttpError, uploadImage, safeImage, connectionView, toaster,
-  autosize, onEnterSend, onPasteImage, onDropImage,
 } from './common.js';
 
 const $ = (id) => document.getElementById(id);
@@ -387,26 +387,7 @@ function setupConversationPane() {
   $('new-below').addEventListener('click', () => { list.scrollToBottom(); $('new-below').classList.add('hidden'); });
   $('back-btn').addEventListener('click', () => $('console-view').classList.remove('show-conv'));
 
-  const input = $('input');
-  const panel = $('emoji-panel');
-  const send = () => {
-    if (current && current.outbox.sendText(input.value)) {
-      input.value = '';
-      autosize(input);
-      panel.classList.add('hidden');
-    }
-  };
-  onEnterSend(input, send);
-  input.addEventListener('input', () => autosize(input));
-  $('composer').addEventListener('submit', (e) => { e.preventDefault(); send(); input.focus(); });
-  buildPicker(panel, (code) => insertAtCaret(input, code));
-  $('emoji-btn').addEventListener('click', () => panel.classList.toggle('hidden'));
-  $('file-input').addEventListener('change', (e) => {
-    for (const file of e.target.files) current?.outbox.sendImage(file);
-    e.target.value = '';
-  });
-  onPasteImage(input, (file) => current?.outbox.sendImage(file));
-  onDropImage($('conversation'), (file) => current?.outbox.sendImage(file));
+  setupComposer(() => current?.outbox, $('conversation'));
 }
 
 function showNote(kind) {
