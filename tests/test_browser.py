@@ -419,6 +419,10 @@ def test_image_by_file_picker_and_by_paste(pages, tmp_path):
     }""")
     visitor.wait_for_function("""() => [...document.querySelectorAll('.msg.other img.msg-image')]
         .some((img) => img.getAttribute('src').startsWith('/upload/') && img.naturalWidth === 40)""")
+    # The agent's own copy loads from /upload/ on its own schedule: wait for it, don't sample once.
+    agent.wait_for_function("""() => [...document.querySelectorAll('#scroller img.msg-image')]
+        .filter((img) => img.complete && img.naturalWidth > 0 && img.getAttribute('src').startsWith('/upload/'))
+        .length === 2""")
     assert loaded_upload_images(agent, "#scroller img.msg-image") == 2
 
 
