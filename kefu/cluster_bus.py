@@ -135,14 +135,19 @@ class _ShardLink(Bus):
         self._settle(ch)
         self._sent.discard(ch)
         if verb == _SSUB_CMD and ch in self.wanted:
-            self.wanted.discard(ch)
-            self.parent._lost(ch, f"{self.addr[0]}:{self.addr[1]} answered {text}")
+            self._give_up(ch, f"answered {text}")
 
     def _dropped(self, ch: bytes) -> None:
         self._sent.discard(ch)
         if ch in self.wanted:
-            self.wanted.discard(ch)
-            self.parent._lost(ch, f"{self.addr[0]}:{self.addr[1]} no longer serves its slot")
+            self._give_up(ch, "no longer serves its slot")
+
+    def _give_up(self, ch: bytes, why: str) -> None:
+        """Hand `ch` back to the parent, with the outage it was recovering from (if any)."""
+        self.wanted.discard(ch)
+        since = self._outage_since if ch in self._recovering else None
+        self._recovering.discard(ch)
+        self.parent._lost(ch, f"{self.addr[0]}:{self.addr[1]} {why}", since)
 
     def _detach(self) -> None:
         super()._detach()
@@ -289,11 +294,15 @@ class ClusterBus:
         return link
 
     # -- moves -----------------------------------------------------------
-    def _lost(self, ch: bytes, why: str) -> None:
-        """A shard link no longer holds `ch`: park it until the slot map says where it lives."""
+    def _lost(self, ch: bytes, why: str, since: float | None = None) -> None:
+        """A shard link no longer holds `ch`: park it until the slot map says where it lives.
+
+        `since`: when the link lost it, if earlier than now (a refusal while
+        re-subscribing after a reconnect): the replay must start there.
+        """
         log.info("pub/sub channel %r moves (%s); re-reading the slot map", ch[:80], why)
         self.owner.pop(ch, None)
-        self.parked.setdefault(ch, time.time())
+        self.parked.setdefault(ch, since or time.time())
         self._kick.set()
 
     def _link_lost(self, link: _ShardLink) -> None:

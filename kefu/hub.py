@@ -271,11 +271,19 @@ class Hub:
         gate = asyncio.Semaphore(CATCH_UP_PARALLEL)
 
         async def one(c: Channel) -> None:
+            # Any failure, not only StoreUnavailable, is retried and at last
+            # ends in a resync: a catch-up that gives up without one would
+            # leave c.held set, and the room's live frames held for ever.
+            # (redis-py's cluster client can raise AttributeError from a
+            # connection torn down under it while a master restarts.)
             async with gate:
                 for attempt in range(CATCH_UP_ATTEMPTS):
                     try:
                         return await self._replay(c, c.last or quiet_floor)
-                    except StoreUnavailable:
+                    except Exception as exc:
+                        if not isinstance(exc, StoreUnavailable):
+                            self.stats["catch_up_errors_total"] += 1
+                            log.warning("catch-up of %s hit %s: %s", c.room, type(exc).__name__, exc)
                         if attempt == CATCH_UP_ATTEMPTS - 1:
                             if self.channels.get(c.name) is c:
                                 self._resync(c)

@@ -92,11 +92,6 @@ async def test_a_failover_mid_traffic_loses_nothing(cluster_factory, tmp_path): 
         system.kill_all()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue #10 left open: under full-suite CPU load a reader sometimes misses messages "
-    "stored while its room's master restarted on the same address (fresh-clone run 2026-11-27: "
-    "5 seen vs 16 acknowledged, fsync always, so Redis kept them); passes alone 4/4. The hole is in "
-    "kefu/cluster_bus.py's same-address reconnect and the hub's catch-up, not yet found."))
 async def test_a_master_restart_mid_traffic_loses_nothing(cluster_factory, tmp_path):   # noqa: F811
     cluster = cluster_factory(masters=3)          # no replica: the slots wait for their master
     system = run_on(cluster, tmp_path)

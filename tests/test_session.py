@@ -551,6 +551,61 @@ def test_hub_cost_does_not_depend_on_other_connections():
     assert all(len(s.got) == 1 for s in room) and not any(s.got for s in others)
 
 
+class Kickable(Member):
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.kicked: list = []
+
+    def kick(self, code, reason) -> None:
+        self.kicked.append(code)
+
+
+class FlakyHistory(FakeStore):
+    """history() fails `failures` times with an error that is not StoreUnavailable."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def history(self, room, **kw):
+        if self.failures:
+            self.failures -= 1
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")   # redis-py, seen
+        return await super().history(room, **{"limit": 10, **kw})
+
+
+async def _recover(failures: int):
+    store = FlakyHistory(failures)
+    store.rooms["8000_v1"] = [1, 2, 3, 4]
+    hub = Hub(Keys(), store=store)
+    ch = hub.room_channel("8000_v1")
+    s = Kickable("v1", [ch], None, None)
+    hub.join(s, room="8000_v1")
+    hub.deliver(ch, tlv.encode(Op.MESSAGE, 0, b'{"id":2,"x":1}'))
+    hub.flush()
+    hub.recovered([ch], time.time() - 5)
+    live = tlv.encode(Op.MESSAGE, 0, b'{"id":5,"x":1}')
+    hub.deliver(ch, live)                          # held while the catch-up runs
+    await asyncio.wait_for(asyncio.gather(*hub._tasks), 10)
+    return hub, s, live, ch
+
+
+async def test_catch_up_retries_any_error_then_delivers_in_order():
+    hub, s, live, ch = await _recover(failures=2)
+    got = [tlv.decode(f)[2] for batch in s.got[1:] for f in batch]
+    assert got == [b'{"id":3}', b'{"id":4}', tlv.decode(live)[2]] and not s.kicked
+    assert hub.channels[ch].held is None and hub.stats["catch_up_errors_total"] == 2
+
+
+async def test_catch_up_that_keeps_failing_tells_members_to_resync():
+    """Never leaves the room's live frames held: the members reconnect and sync instead."""
+    hub, s, live, ch = await _recover(failures=99)
+    assert s.kicked == [CLOSE_TRY_AGAIN] and hub.channels[ch].held is None
+    hub.deliver(ch, live)
+    hub.flush()
+    assert s.got[-1] == [live]
+
+
 def test_goim_op_and_batches():
     inner = tlv.encode(1000, 0, b"body")
     assert goim_op(tlv.batch([inner])) == 1000
