@@ -4,7 +4,7 @@
     api           an Api with default settings (shops 8000 and 9000 exist)
 
 An Api serves make_app() through the same socket code as the worker
-(SO_REUSEPORT listener, aiohttp SockSite) and offers small helpers:
+(SO_REUSEPORT listener, kefu.api.front before aiohttp) and offers small helpers:
 fresh client sessions (each its own cookie jar), a visitor entry, an
 agent login, goim's bearer header.  Import with
 `from tests.api_fixtures import *  # noqa: F403` in test modules.
@@ -19,7 +19,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from kefu.api.app import make_app
-from kefu.api.worker import listen_socket, runner_options
+from kefu.api.worker import listen_socket, open_door, runner_options
 from kefu.store import Store
 from kefu.tokens import Signer, load_secret
 
@@ -102,13 +102,15 @@ async def running(settings, store):
     app = make_app(settings, store)
     runner = web.AppRunner(app, **runner_options(settings))
     await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
+    door, server = await open_door(settings, app, runner, sock)
     api = Api(settings, store, app, f"http://127.0.0.1:{port}")
+    api.door = door
     try:
         yield api
     finally:
         await api.close()
+        server.close()
+        await door.stop()
         await runner.cleanup()
         sock.close()
 

@@ -60,6 +60,12 @@ def error_response(request: web.Request, status: int, message: str, headers=None
                         content_type=JSON_TYPE, headers=headers)
 
 
+def error_parts(exc: KefuError) -> tuple[int, str, dict | None]:
+    """(status, message, extra headers) of the answer to a KefuError."""
+    ra = retry_after(exc)
+    return exc.http_status, str(exc) or type(exc).__name__, {"Retry-After": ra} if ra else None
+
+
 def _route_name(request: web.Request) -> str:
     info = request.match_info
     route = getattr(info, "route", None)
@@ -79,12 +85,11 @@ async def edge(request: web.Request, handler):
         resp = await handler(request)
     except KefuError as exc:
         kind = type(exc).__name__
-        ra = retry_after(exc)
-        resp = error_response(request, exc.http_status, str(exc) or kind,
-                              headers={"Retry-After": ra} if ra else None)
+        status, message, headers = error_parts(exc)
+        resp = error_response(request, status, message, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:      # a redirect raised by aiohttp itself: count it, let it through
-            _record(request, ctx, exc.status, None, time.perf_counter() - t0)
+            record(request, ctx, exc.status, None, time.perf_counter() - t0)
             raise
         kind = f"http{exc.status}"
         resp = error_response(request, exc.status, exc.reason, headers=_keep(exc))
@@ -94,12 +99,13 @@ async def edge(request: web.Request, handler):
         resp = error_response(request, 500, "internal error")
     finally:
         ctx.inflight -= 1
-    _record(request, ctx, resp.status, kind, time.perf_counter() - t0)
+    record(request, ctx, resp.status, kind, time.perf_counter() - t0)
     return resp
 
 
-def _record(request: web.Request, ctx: Ctx, status: int, kind: str | None, dt: float) -> None:
-    route = _route_name(request)
+def record(request, ctx: Ctx, status: int, kind: str | None, dt: float, route: str | None = None) -> None:
+    """Count and time one answered request (and write its access-log line when on)."""
+    route = route or _route_name(request)
     m = ctx.metrics
     m.requests.inc(route, request.method, status)
     m.latency.observe(dt, route)

@@ -139,8 +139,12 @@ def _message(ctx, p: dict) -> tuple[str, str]:
 
 
 async def open_push(request: web.Request) -> web.Response:
+    return raw_json(await push(request, await params(request)))
+
+
+async def push(request, p: dict[str, str]) -> bytes:
+    """/open/push on its parameters: the JSON answer.  Also served by kefu.api.front."""
     ctx = ctx_of(request)
-    p = await params(request)
     room = names.room_id(need(p, "room_id"))
     mid = sender_mid(p["mid"]) if p.get("mid") else None
     shop = names.shop_id(p["shop_id"]) if p.get("shop_id") else None
@@ -160,9 +164,8 @@ async def open_push(request: web.Request) -> web.Response:
     else:
         m.stored.inc()
         m.published.inc()
-    body = b'{"success":true,"id":%d,"id_str":"%d","duplicate":%s,"data":%s}' % (
+    return b'{"success":true,"id":%d,"id_str":"%d","duplicate":%s,"data":%s}' % (
         posted.id, posted.id, b"true" if posted.duplicate else b"false", posted.json or b"null")
-    return raw_json(body)
 
 
 async def read_mark(request: web.Request) -> web.Response:

@@ -3,8 +3,9 @@
 `run_worker` is what `kefu api` and the supervisor's forked child call.
 It owns its event loop.  The listening socket is created here with
 SO_REUSEADDR and SO_REUSEPORT (a restarted worker can bind while the old
-one drains, and several API workers may share the port) and handed to
-aiohttp as a SockSite.  SIGTERM/SIGINT only set an event; the loop then
+one drains, and several API workers may share the port) and served by
+kefu.api.front, which answers the message route itself and hands every
+other connection to aiohttp.  SIGTERM/SIGINT only set an event; the loop then
 stops accepting, gives in-flight requests `settings.stop_timeout` seconds
 to finish, closes the store and returns.  The drain is ours, not only
 aiohttp's: aiohttp stops reading from every connection as soon as its
@@ -86,8 +87,7 @@ async def serve(settings: Settings, *, ready=None, stop: asyncio.Event | None = 
         app = make_app(settings, store)
         runner = web.AppRunner(app, **runner_options(settings))
         await runner.setup()
-        site = web.SockSite(runner, sock, backlog=1024)
-        await site.start()
+        door, server = await open_door(settings, app, runner, sock)
         host, port = sock.getsockname()[:2]
         log.info("api worker listening on http://%s:%d (id worker %d)", host, port,
                  worker_for(settings.node_id, settings.api_index))
@@ -100,13 +100,24 @@ async def serve(settings: Settings, *, ready=None, stop: asyncio.Event | None = 
         await stop.wait()
         budget = settings.stop_timeout * 0.75
         log.info("api worker stopping: finishing in-flight requests (up to %.1f s)", budget)
-        await site.stop()                         # no new connections from here on
+        server.close()                            # no new connections from here on
         await drain(app, budget)
+        await door.stop()
     finally:
         if runner is not None:
             await runner.cleanup()
         sock.close()
         await store.close()
+
+
+async def open_door(settings: Settings, app: web.Application, runner: web.AppRunner,
+                    sock: socket.socket) -> tuple:
+    """Listen on `sock` with kefu.api.front in front of the runner's aiohttp server."""
+    from .front import FrontDoor
+    from .visitor import push
+    door = FrontDoor(app, runner.server, settings, push)
+    server = await asyncio.get_running_loop().create_server(door.protocol, sock=sock, backlog=1024)
+    return door, server
 
 
 async def drain(app: web.Application, timeout: float) -> None:
