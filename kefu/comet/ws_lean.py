@@ -21,7 +21,8 @@ What it accepts and refuses (the behaviour the aiohttp handler had):
   1009 before the payload is even buffered; text messages close 1002 (via
   the Session, op 6 first); reserved opcodes, RSV bits and malformed
   control frames close 1002; ping -> pong; close -> close echoed.
-  Unmasked client frames are served, as aiohttp's reader did.
+  An unmasked client frame closes 1002 (RFC 6455 §5.1: the server MUST
+  close; aiohttp's reader tolerated them).
 * A worker that is full or stopping upgrades, sends op 6 and closes 1013.
 """
 from __future__ import annotations
@@ -273,16 +274,16 @@ class WsConnection(asyncio.Protocol):
                     return self._fail(CLOSE_PROTOCOL_ERROR, "bad_frame", "bad control frame")
             elif n + (len(self.frag) if self.frag is not None and opcode == 0 else 0) > max_frame:
                 return self._fail(CLOSE_TOO_BIG, "frame_too_big", "message too big")
-            mask = None
-            if b1 & 0x80:
-                if n_buf - pos < 4:
-                    break
-                mask, pos = data[pos:pos + 4], pos + 4
+            if not b1 & 0x80:
+                return self._fail(CLOSE_PROTOCOL_ERROR, "bad_frame", "unmasked client frame")
+            if n_buf - pos < 4:
+                break
+            mask, pos = data[pos:pos + 4], pos + 4
             if n_buf - pos < n:
                 break
             payload = data[pos:pos + n]
             off = pos + n
-            if mask is not None and n:
+            if n:
                 payload = unmask(bytes(mask), bytearray(payload))
             self._frame(opcode, b0 & 0x80, payload)
             if self.state is not OPEN and self.state is not CLOSING:
