@@ -9,7 +9,8 @@ answered here, through the same handler (`visitor.push`), error mapping
 (`app.error_parts`) and metrics (`app.record`) as the aiohttp route:
 
     POST /open/push HTTP/1.1, Content-Length (no Transfer-Encoding, no
-    Expect), Content-Type application/x-www-form-urlencoded, a query and
+    Expect), Content-Type application/x-www-form-urlencoded (with no
+    charset or UTF-8, as aiohttp then decodes the body), a query and
     body in plain form (no `%` or `+` in the query, UTF-8 body, no value
     over MAX_PARAM_LEN), and a non-empty `key` parameter: a key names the
     sender, so cookies and sessions (aiohttp's job) are never consulted.
@@ -45,7 +46,8 @@ log = logging.getLogger("kefu.api")
 ROUTE = "/open/push"
 MAX_HEAD = 16 * 1024                 # a plain request's head; longer ones go to aiohttp
 _TARGET = b"/open/push"
-_FORM = b"application/x-www-form-urlencoded"
+_FORMS = ("application/x-www-form-urlencoded",            # lower case, spaces removed
+          "application/x-www-form-urlencoded;charset=utf-8")   # jQuery's default
 _SINGLE = (b"content-length", b"content-type", b"host", b"connection")   # twice: not plain
 _NOT_PLAIN = (b"transfer-encoding", b"expect", b"upgrade")
 _QUERY_BAD = (b"%", b"+", b"#")
@@ -257,7 +259,8 @@ class Front(asyncio.Protocol):
         if not raw_length.isdigit() or not raw_length.isascii() or len(raw_length) > 12:
             return None
         length = int(raw_length)
-        if length > self.door.body_max or headers.get("content-type", "").encode("latin-1").lower() != _FORM:
+        if length > self.door.body_max or \
+                headers.get("content-type", "").lower().replace(" ", "") not in _FORMS:
             return None
         close = headers.get("connection", "").lower() == "close"
         return query, headers, length, close
