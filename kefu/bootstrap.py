@@ -11,6 +11,9 @@ with SET NX under `secret:<name>`, every node then uses that value and
 writes it into its data dir, where the workers read it.  A configured
 secret (`KEFU_SECRET`, `KEFU_PUSH_SECRET`, config file) is never written
 to Redis: configure the same value on every node, or on none.
+
+Node ids on several nodes: a node id that a live node elsewhere uses is
+refused before anything starts (check_node_id).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import secrets
 
 from . import tlv, tokens
 from .config import Settings
+from .errors import ConfigError
+from .ids import node_owner
 
 log = logging.getLogger("kefu.bootstrap")
 
@@ -51,6 +56,22 @@ async def share_secrets(store, settings: Settings) -> None:
             tokens.write_secret(path, shared, exclusive=True)
 
 
+async def check_node_id(store, settings: Settings) -> None:
+    """Refuse a node id that a live node elsewhere (another host or data dir) uses.
+
+    Two nodes with one node id would draw ids from the same worker fields;
+    the comet workers' reports (store.servers) name their node and owner.
+    Two nodes started at the very same moment are not caught: neither has
+    reported yet.
+    """
+    mine = node_owner(settings.data_path)
+    for sid, doc in (await store.servers()).items():
+        owner = doc.get("node_owner")
+        if sid.split(":", 1)[0] == str(settings.node_id) and owner and owner != mine:
+            raise ConfigError(f"node id {settings.node_id} is in use by a live node on this Redis "
+                              f"({owner}, comet worker {sid}); give every node its own --node-id")
+
+
 async def _demo_shop(settings: Settings, shared: bool = False) -> str | None:
     """Create the demo shop on the very first start; return its password if we know it."""
     from .store import Store
@@ -58,6 +79,7 @@ async def _demo_shop(settings: Settings, shared: bool = False) -> str | None:
     store = await Store.connect(settings)
     try:
         if shared:
+            await check_node_id(store, settings)
             await share_secrets(store, settings)
         if await store.redis.scard(store.keys.shops()) == 0:
             password = secrets.token_urlsafe(9)

@@ -29,6 +29,17 @@ def worker_for(node_id: int, process: int) -> int:
     return worker
 
 
+def node_owner(data_path) -> str:
+    """Who runs a node: its host and data dir (one supervisor per data dir).
+
+    Comet workers report it with their figures, so a node that starts with
+    a node id a live node elsewhere already uses is refused (kefu.bootstrap).
+    """
+    import socket
+    from pathlib import Path
+    return f"{socket.gethostname()}:{Path(data_path).resolve()}"
+
+
 class Snowflake:
     __slots__ = ("worker", "_last_ms", "_seq", "_clock")
 

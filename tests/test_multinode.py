@@ -72,6 +72,32 @@ def test_secrets_are_shared_through_redis(nodes):
         assert (nodes.a.data_dir / name).read_text() == (nodes.b.data_dir / name).read_text()
 
 
+async def test_a_node_id_in_use_by_a_live_node_is_refused(nodes, tmp_path):
+    """A third node configured with node A's id (its own data dir) would draw the
+    same id worker fields: it must refuse to start, naming the node that has it."""
+    from kefu.config import Settings
+    from kefu.store import Store
+    store = await Store.connect(Settings(redis_url=nodes.a.redis_url))
+    try:
+        async def reported() -> bool:
+            return any(sid.startswith(f"{NODE_A}:") for sid in await store.servers())
+        for _ in range(100):
+            if await reported():
+                break
+            await asyncio.sleep(0.1)
+        assert await reported()
+    finally:
+        await store.close()
+    c = System(tmp_path / "c", redis_url=nodes.a.redis_url, workers=1, env=ENV,
+               extra=["--node-id", str(NODE_A)])
+    try:
+        with pytest.raises(RuntimeError, match=f"node id {NODE_A} is in use by a live node"):
+            await asyncio.to_thread(c.start, 30)
+    finally:
+        c.kill_all()
+    assert str(nodes.a.data_dir.resolve()) in c.log()
+
+
 async def test_visitor_on_a_agent_on_b_ledger_and_unread(nodes):
     a, b = nodes.a, nodes.b
     http = aiohttp.ClientSession()

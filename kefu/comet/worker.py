@@ -23,6 +23,7 @@ from collections import Counter
 
 from .. import tlv
 from ..errors import ConfigError, StoreUnavailable
+from ..ids import node_owner
 from ..keys import Keys
 from ..protocol import CLOSE_GOING_AWAY
 from ..session import Context, sweep
@@ -78,6 +79,7 @@ class Worker:
         self.settings = settings
         self.index = index
         self.server_id = server_id(settings, index)
+        self.owner = node_owner(settings.data_path)
         self.stats: Counter = Counter()
         self.started = time.time()
         self.ctx: Context | None = None
@@ -165,6 +167,7 @@ class Worker:
         ctx, hub, bus = self.ctx, self.hub, self.bus
         figures = {
             "server": self.server_id,
+            "node_owner": self.owner,
             "codec": tlv.IMPLEMENTATION,
             "uptime_seconds": round(time.time() - self.started, 1),
             "connections": len(ctx.sessions) if ctx else 0,
