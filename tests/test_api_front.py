@@ -167,6 +167,40 @@ async def test_anything_not_plain_goes_to_aiohttp(api, head):
     assert status in (400, 403) and headers.get("Server", "").startswith("Python")
 
 
+@pytest.mark.parametrize("seed", [7, 11, 23, 42])
+async def test_a_pipelined_stream_cut_anywhere_gets_every_answer_in_order(api_factory, seed):
+    """Plain and non-plain requests in one stream, written in random pieces: every
+    answer comes, in request order, and the room holds the posts in that order."""
+    import random
+    api = await api_factory(rate_messages_per_sender=10_000, rate_messages_per_ip=10_000)
+    page, _ = await api.visitor()
+    rng = random.Random(seed)
+    expected = []
+    for round_ in range(12):
+        reqs = []
+        for i in range(rng.randint(2, 6)):
+            kind = rng.choice(["plain", "plain", "latin1", "health"])
+            if kind == "health":
+                reqs.append(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                expected.append(None)
+                continue
+            msg = f"r{round_}m{i}"
+            reqs.append(post(page, msg, ctype=LATIN1) if kind == "latin1" else post(page, msg))
+            expected.append(msg)
+        stream = b"".join(reqs)
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 12)))
+        async with Raw(api) as c:
+            for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+                c.send(stream[a:b])
+                await asyncio.sleep(rng.choice([0, 0, 0.001]))
+            answers = [await c.answer() for _ in reqs]
+        assert [a[0] for a in answers] == [200] * len(reqs)
+        got = [orjson.loads(a[2]).get("data", {}).get("msg") for a in answers]
+        assert got == expected[-len(reqs):]
+    hist = await api.store.history(page["room_id"], limit=200)
+    assert [orjson.loads(m)["msg"] for m in hist.messages] == [m for m in expected if m]
+
+
 async def test_body_in_pieces_and_connection_close(api):
     page, _ = await api.visitor()
     t0 = counts(api)
