@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="1,2,c", help="1 = one node, 2 = two nodes, c = two nodes on a cluster")
     ap.add_argument("--conns", type=int, default=300, help="conversations (2 connections each)")
-    ap.add_argument("--rates", default="500,1000,1500,2000,2500,3000,4000,5000",
+    ap.add_argument("--rates", default="500,1000,2000,3000,4000,5000,6000,7000,8000",
                     help="offered messages/s, rising")
     ap.add_argument("--ref-rate", type=float, default=1000,
                     help="the step whose Redis cost per message is compared (same load everywhere)")
