@@ -201,6 +201,26 @@ async def test_a_pipelined_stream_cut_anywhere_gets_every_answer_in_order(api_fa
     assert [orjson.loads(m)["msg"] for m in hist.messages] == [m for m in expected if m]
 
 
+async def test_a_client_pipelining_far_ahead_is_read_as_it_is_answered(api_factory):
+    """500 requests in one write: parsing stays at most front.MAX_QUEUED ahead of the
+    answers (reading pauses), and every request is answered, in order."""
+    from kefu.api.front import MAX_QUEUED
+    api = await api_factory(rate_messages_per_sender=100_000, rate_messages_per_ip=100_000)
+    page, _ = await api.visitor()
+    t0 = counts(api)
+    most = 0
+    async with Raw(api) as c:
+        c.send(*(post(page, f"p{i}") for i in range(500)))
+        got = []
+        for _ in range(500):
+            most = max(most, max((len(f.queue) for f in api.door.conns), default=0))
+            status, _, body = await c.answer()
+            assert status == 200
+            got.append(orjson.loads(body)["data"]["msg"])
+    assert got == [f"p{i}" for i in range(500)] and counts(api, t0) == (500, 0)
+    assert 0 < most <= MAX_QUEUED
+
+
 async def test_body_in_pieces_and_connection_close(api):
     page, _ = await api.visitor()
     t0 = counts(api)

@@ -45,6 +45,7 @@ log = logging.getLogger("kefu.api")
 
 ROUTE = "/open/push"
 MAX_HEAD = 16 * 1024                 # a plain request's head; longer ones go to aiohttp
+MAX_QUEUED = 32                      # pipelined requests parsed ahead of their answers
 _TARGET = b"/open/push"
 _FORMS = ("application/x-www-form-urlencoded",            # lower case, spaces removed
           "application/x-www-form-urlencoded;charset=utf-8")   # jQuery's default
@@ -158,7 +159,7 @@ class Front(asyncio.Protocol):
     """One connection until it hands itself to aiohttp (module docstring)."""
 
     __slots__ = ("door", "transport", "remote", "buf", "last", "queue", "task", "closing",
-                 "handing", "eof")
+                 "handing", "eof", "full")
 
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
@@ -171,6 +172,7 @@ class Front(asyncio.Protocol):
         self.closing = False                    # close once the answers owed are written
         self.handing = False                    # hand to aiohttp once the answers owed are written
         self.eof = False
+        self.full = False                       # MAX_QUEUED parsed ahead: reading paused
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -198,7 +200,7 @@ class Front(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self.last = time.monotonic()
-        if self.handing or self.closing:
+        if self.handing or self.closing or self.full:
             if len(self.buf) > MAX_HEAD:
                 self.transport.pause_reading()   # bounded while the answers owed are written
             return
@@ -231,6 +233,10 @@ class Front(asyncio.Protocol):
                 self.task = asyncio.get_running_loop().create_task(self._serve())
             if close:
                 self.closing = True
+                return
+            if len(self.queue) >= MAX_QUEUED:    # a client pipelining far ahead waits for its answers
+                self.full = True
+                self.transport.pause_reading()
                 return
 
     def _plain(self, head: bytes):
@@ -295,6 +301,10 @@ class Front(asyncio.Protocol):
                 if close or door.ctx.stopping:
                     self.closing = True
                     self.queue.clear()
+                elif self.full and len(self.queue) <= MAX_QUEUED // 2:
+                    self.full = False
+                    transport.resume_reading()
+                    self._parse()                # what was read ahead meanwhile
         finally:
             self.task = None
             if self.closing or (self.eof and not self.handing):
