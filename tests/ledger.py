@@ -522,15 +522,27 @@ def offset_ok(readers: list[Reader], room: str, offset: int, own_posts: int) -> 
     return offset == floor or (offset > floor and any(offset in r.ack_tried.get(room, ()) for r in readers))
 
 
+async def read_json(http: aiohttp.ClientSession, method: str, url: str, retry_for: float = 15.0, **kw):
+    """A read as a client makes it: a 503 (Redis unavailable, e.g. a cluster still
+    settling after a failover, docs/scaling.md) is retried for `retry_for` seconds;
+    any other status but 200 fails at once."""
+    deadline = time.monotonic() + retry_for
+    while True:
+        async with http.request(method, url, **kw) as r:
+            if r.status == 503 and time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                continue
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
 async def conversations(agent_http: aiohttp.ClientSession, api: str, shop: str) -> dict[str, dict]:
     """The agent's whole conversation list (every page), by room."""
     rows: dict[str, dict] = {}
     page = 1
     while True:
-        async with agent_http.post(f"{api}/open/finduserlist",
-                                   data={"shop_id": shop, "limit": "200", "page": str(page)}) as r:
-            assert r.status == 200, await r.text()
-            body = await r.json()
+        body = await read_json(agent_http, "POST", f"{api}/open/finduserlist",
+                               data={"shop_id": shop, "limit": "200", "page": str(page)})
         for row in body["data"]:
             rows[row["room_id"]] = row
         if not body.get("more") or not body["data"]:
@@ -566,10 +578,8 @@ async def unread_problems(api: str, shop: str, agent_http: aiohttp.ClientSession
             problems.append(f"{room}: agents' unread {row['num']} != ledger {ledger.unread(room, seq)}")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         for room, (params, readers) in visitors.items():
-            async with http.get(f"{api}/open/readmark", params={"room_id": room, "key": params["key"],
-                                                                "mid": params["mid"]}) as r:
-                assert r.status == 200, await r.text()
-                own = int((await r.json())["own"])
+            own = int((await read_json(http, "GET", f"{api}/open/readmark", params={
+                "room_id": room, "key": params["key"], "mid": params["mid"]}))["own"])
             posted = ledger.last_by(room, params["mid"])
             if not offset_ok(readers, room, own, posted):
                 problems.append(f"{room}: visitor's offset {own}, posted {posted}, "
