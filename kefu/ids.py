@@ -11,7 +11,9 @@ catch up with real time once the burst or the step is over.
 """
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 
 EPOCH_MS = 1_735_689_600_000      # 2025-01-01T00:00:00Z
 TIME_BITS, WORKER_BITS, SEQ_BITS = 41, 7, 5
@@ -35,8 +37,6 @@ def node_owner(data_path) -> str:
     Comet workers report it with their figures, so a node that starts with
     a node id a live node elsewhere already uses is refused (kefu.bootstrap).
     """
-    import socket
-    from pathlib import Path
     return f"{socket.gethostname()}:{Path(data_path).resolve()}"
 
 
